@@ -1,0 +1,161 @@
+"""stepfsm: an explicit, thread-safe lifecycle for resource-holding pipeline steps.
+
+Layering, bottom to top (each module imports only those above it in this list):
+
+* ``states``   the states and the transition table, as plain data
+* ``errors``   the error and warning hierarchy
+* ``_settings`` process-wide policies (``configure``) and listeners
+* ``registry`` live lifecycles of this process, ``status()``, ``unload_all()``, fork
+* ``machine``  ``Lifecycle``: the ``transitions`` machine, lock, holders, history
+* ``wrap``     ``@stateful`` / ``Stateful``: wrapping load/unload and guards
+* ``diagrams``, ``cli``, ``testing``, ``integrations.*``: built on the above,
+  imported only when used (``import stepfsm`` never imports distilabel,
+  graphviz, hypothesis, rich or IPython).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._settings import Configured as Configured
+from ._settings import configure as configure
+from ._settings import subscribe as subscribe
+from .errors import AlreadyLoadedError as AlreadyLoadedError
+from .errors import CleanupWarning as CleanupWarning
+from .errors import DefinitionError as DefinitionError
+from .errors import DiagramError as DiagramError
+from .errors import DuplicateLoadWarning as DuplicateLoadWarning
+from .errors import LoadError as LoadError
+from .errors import NotLoadedError as NotLoadedError
+from .errors import RepeatedLoadWarning as RepeatedLoadWarning
+from .errors import StepFailedError as StepFailedError
+from .errors import StepFSMError as StepFSMError
+from .errors import StepFSMWarning as StepFSMWarning
+from .errors import StepInUseError as StepInUseError
+from .errors import StepStateError as StepStateError
+from .errors import TransitionError as TransitionError
+from .errors import TransitionInProgressError as TransitionInProgressError
+from .errors import UnloadedUseWarning as UnloadedUseWarning
+from .errors import UnloadError as UnloadError
+from .machine import Lifecycle as Lifecycle
+from .machine import TransitionRecord as TransitionRecord
+from .machine import lifecycle as lifecycle
+from .registry import Status as Status
+from .registry import StepStatus as StepStatus
+from .registry import status as status
+from .registry import unload_all as unload_all
+from .states import State as State
+from .wrap import Stateful as Stateful
+from .wrap import is_stateful as is_stateful
+from .wrap import stateful as stateful
+
+if TYPE_CHECKING:
+    from .diagrams import diagram as diagram
+
+__version__ = "0.1.0"
+
+T = TypeVar("T")
+
+__all__ = [
+    "AlreadyLoadedError",
+    "CleanupWarning",
+    "Configured",
+    "DefinitionError",
+    "DiagramError",
+    "DuplicateLoadWarning",
+    "Lifecycle",
+    "LoadError",
+    "NotLoadedError",
+    "RepeatedLoadWarning",
+    "State",
+    "Stateful",
+    "Status",
+    "StepFSMError",
+    "StepFSMWarning",
+    "StepFailedError",
+    "StepInUseError",
+    "StepStateError",
+    "StepStatus",
+    "TransitionError",
+    "TransitionInProgressError",
+    "TransitionRecord",
+    "UnloadError",
+    "UnloadedUseWarning",
+    "configure",
+    "diagram",
+    "ensure_loaded",
+    "is_loaded",
+    "is_stateful",
+    "lifecycle",
+    "loaded",
+    "reload",
+    "state",
+    "stateful",
+    "status",
+    "subscribe",
+    "unload_all",
+]
+
+
+def state(obj: object) -> State:
+    """The current :class:`State` of a stateful object.
+
+    Raises:
+        TypeError: ``obj`` is not stateful.
+    """
+    return lifecycle(obj).state
+
+
+def is_loaded(obj: object) -> bool:
+    """Whether a stateful object is ``loaded`` right now.
+
+    Raises:
+        TypeError: ``obj`` is not stateful.
+    """
+    return lifecycle(obj).state is State.LOADED
+
+
+def ensure_loaded(obj: object) -> bool:
+    """Load ``obj`` unless it is loaded; ``True`` if a load ran.
+
+    Raises:
+        LoadError: the load raised.
+        TypeError: ``obj`` is not stateful.
+    """
+    return lifecycle(obj).ensure_loaded()
+
+
+def reload(obj: object, force: bool = False) -> None:
+    """Unload ``obj`` (if loaded) and load it again.
+
+    Raises:
+        StepInUseError: other holders remain and ``force`` is false.
+        LoadError: the load raised.
+        TypeError: ``obj`` is not stateful.
+    """
+    lifecycle(obj).reload(force=force)
+
+
+@contextlib.contextmanager
+def loaded(obj: T) -> Iterator[T]:
+    """Hold ``obj`` loaded for a ``with`` block and yield it.
+
+    A step the block loaded is unloaded at the end (unless another holder
+    remains); a step that was already loaded stays loaded.
+
+    Raises:
+        LoadError: the load raised.
+        TypeError: ``obj`` is not stateful.
+    """
+    with lifecycle(obj).loaded():
+        yield obj
+
+
+def __getattr__(name: str) -> Any:
+    if name == "diagram":  # lazily: diagrams pulls in transitions' diagram support
+        from .diagrams import diagram
+
+        return diagram
+    raise AttributeError(f"module 'stepfsm' has no attribute {name!r}")

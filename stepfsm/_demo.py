@@ -1,0 +1,171 @@
+"""``stepfsm demo``: the notebook story, told in a terminal.
+
+Each section prints what a user would type and what stepfsm answers. The
+step is a small offline "LLM" whose weights are a real 32 MiB buffer, so
+"loaded twice" would be visible memory, not a counter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import stepfsm
+
+__all__ = ["main"]
+
+WIDTH = 88
+
+
+class TinyLLM(stepfsm.Stateful, guard=("generate",)):
+    """An offline stand-in for an LLM: loading allocates its "weights"."""
+
+    loads = 0  # how many times any TinyLLM's load() ran (class-wide)
+
+    def __init__(self, name: str, load_seconds: float = 0.2, fail_first: int = 0) -> None:
+        self.name = name
+        self.load_seconds = load_seconds
+        self.fail_first = fail_first
+        self.weights: bytearray | None = None
+
+    def load(self) -> None:
+        type(self).loads += 1
+        time.sleep(self.load_seconds)
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise OSError("CUDA out of memory (pretend)")
+        self.weights = bytearray(32 * 1024 * 1024)
+
+    def unload(self) -> None:
+        self.weights = None
+
+    def generate(self, prompt: str) -> str:
+        assert self.weights is not None
+        return f"{prompt!r} -> {len(self.weights) // 2**20} MiB of weights say hello"
+
+
+class _Interrupting(TinyLLM):
+    """Simulates Ctrl-C arriving in the middle of a load."""
+
+    def load(self) -> None:
+        self.weights = bytearray(1024)
+        raise KeyboardInterrupt
+
+
+def _section(title: str) -> None:
+    print(f"\n\033[1m{title}\033[0m" if _color else f"\n{title}")
+    print("-" * min(WIDTH, len(title)))
+
+
+def _code(line: str) -> None:
+    print(f"  >>> {line}")
+
+
+def _show(value: object) -> None:
+    for line in str(value).splitlines():
+        print(f"  {line}")
+
+
+def _attempt(line: str, action: Callable[[], Any]) -> Any:
+    _code(line)
+    try:
+        result = action()
+    except (stepfsm.StepFSMError, KeyboardInterrupt) as error:
+        text = f"{type(error).__name__}: {error}"
+        wrapped = textwrap.wrap(text, WIDTH - 4, subsequent_indent="    ")
+        for part in wrapped:
+            print(f"  \033[31m{part}\033[0m" if _color else f"  {part}")
+        return None
+    if result is not None:
+        _show(repr(result))
+    return result
+
+
+_color = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the process exit code."""
+    global _color
+    parser = argparse.ArgumentParser(prog="stepfsm demo", description=__doc__)
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    args = parser.parse_args(argv)
+    import sys
+
+    _color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+
+    _section("1. Load a step, then re-run the cell that loads it")
+    llm = TinyLLM("gen_0")
+    _attempt("llm = TinyLLM('gen_0'); llm.load()", llm.load)
+    _attempt("llm.load()   # the same cell, run again", llm.load)
+    _attempt(
+        "stepfsm.ensure_loaded(llm)   # idempotent: no second load",
+        lambda: stepfsm.ensure_loaded(llm),
+    )
+    _attempt("llm.generate('hi')", lambda: llm.generate("hi"))
+    print(f"  (load() ran {TinyLLM.loads} time; one copy of the weights exists)")
+
+    _section("2. Use before load, unload before load")
+    fresh = TinyLLM("gen_1")
+    _attempt("TinyLLM('gen_1').generate('hi')", lambda: fresh.generate("hi"))
+    _attempt("TinyLLM('gen_1').unload()   # a no-op, not an AttributeError", fresh.unload)
+
+    _section("3. Sixteen threads race to load one step")
+    racer = TinyLLM("racer", load_seconds=0.2)
+    before = TinyLLM.loads
+    barrier = threading.Barrier(16)
+    results: list[bool] = []
+
+    def race() -> None:
+        barrier.wait()
+        results.append(stepfsm.ensure_loaded(racer))
+
+    threads = [threading.Thread(target=race) for _ in range(16)]
+    _code("16 x threading.Thread(target=lambda: stepfsm.ensure_loaded(racer))")
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(
+        f"  load() ran {TinyLLM.loads - before} time; {results.count(True)} thread loaded, "
+        f"{results.count(False)} waited and reused it; state: {stepfsm.state(racer).value}"
+    )
+
+    _section("4. A load that fails, and the recovery")
+    flaky = TinyLLM("flaky", load_seconds=0.05, fail_first=1)
+    _attempt("flaky.load()", flaky.load)
+    _code("stepfsm.lifecycle(flaky).state, stepfsm.lifecycle(flaky).error")
+    lc = stepfsm.lifecycle(flaky)
+    _show(f"({lc.state.value!r}, {lc.error!r})")
+    _attempt("flaky.generate('hi')", lambda: flaky.generate("hi"))
+    _attempt("flaky.load()   # cleans up first, then loads", flaky.load)
+    _show(f"state: {lc.state.value}")
+
+    _section("5. Ctrl-C in the middle of a load")
+    interrupted = _Interrupting("ctrl_c", load_seconds=0)
+    _attempt("interrupted.load()   # KeyboardInterrupt arrives inside load()", interrupted.load)
+    _show(
+        f"state: {stepfsm.state(interrupted).value} (never stuck in 'loading'); "
+        "any thread can act on it at once:"
+    )
+    _attempt("interrupted.unload()", interrupted.unload)
+    _show(f"state: {stepfsm.state(interrupted).value}")
+
+    _section("6. The history of 'flaky'")
+    for record in lc.history:
+        error = f"  {type(record.error).__name__}" if record.error else ""
+        _show(
+            f"{record.trigger:<14} {record.source.value:>9} -> {record.dest.value:<9} "
+            f"{record.duration * 1000:7.1f} ms{error}"
+        )
+
+    _section("7. stepfsm.status(): every live step in this process")
+    _show(stepfsm.status())
+
+    _section("8. stepfsm.unload_all()")
+    _attempt("stepfsm.unload_all()", stepfsm.unload_all)
+    return 0

@@ -1,0 +1,170 @@
+"""Shared test doubles and settings.
+
+``FakeStep`` is a stateful step whose resource is a ``Handle`` registered in
+``HELD`` while it is open, so a test can ask "is a resource held?" without
+trusting stepfsm's own state. Its load/unload can be told to fail, to be
+interrupted, to take time, or to wait on an event.
+
+Hypothesis profiles: ``dev`` (fast, the default) and ``ci`` (many examples, no
+deadline), chosen with ``HYPOTHESIS_PROFILE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import stepfsm
+from stepfsm import registry
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+else:
+    settings.register_profile("dev", max_examples=60, deadline=None)
+    settings.register_profile(
+        "ci",
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
+    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+#: id(handle) -> handle, for every open resource of every FakeStep.
+HELD: dict[int, Handle] = {}
+HELD_LOCK = threading.Lock()
+
+
+class Handle:
+    """A stand-in for a GPU allocation or a client: open until closed."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.closed = False
+        with HELD_LOCK:
+            HELD[id(self)] = self
+
+    def close(self) -> None:
+        self.closed = True
+        with HELD_LOCK:
+            HELD.pop(id(self), None)
+
+
+class Boom(Exception):
+    """The error a FakeStep raises when told to fail."""
+
+
+@stepfsm.stateful(guard=("use",))
+class FakeStep:
+    """A step that opens a Handle in load() and closes it in unload()."""
+
+    def __init__(self, name: str = "fake", delay: float = 0.0) -> None:
+        self.name = name
+        self.delay = delay
+        self.handle: Handle | None = None
+        self.loads = 0
+        self.unloads = 0
+        self.fail_load: BaseException | None = None
+        self.fail_unload: BaseException | None = None
+        self.gate: threading.Event | None = None  # load/unload wait on it when set
+
+    def load(self) -> None:
+        self.loads += 1
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_load is not None:
+            raise self.fail_load
+        self.handle = Handle(self.name)
+
+    def unload(self) -> None:
+        self.unloads += 1
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        if self.fail_unload is not None:
+            raise self.fail_unload
+        if self.handle is not None:
+            self.handle.close()
+        self.handle = None
+
+    def use(self, x: int = 1, *, twice: bool = False) -> int:
+        assert self.handle is not None, "use() ran without a handle"
+        return x * 2 if twice else x
+
+    @property
+    def held(self) -> bool:
+        return self.handle is not None and not self.handle.closed
+
+
+@pytest.fixture(autouse=True)
+def _clean_stepfsm() -> Iterator[None]:
+    """Each test starts with default settings and leaves no step loaded."""
+    previous = {
+        k: getattr(stepfsm._settings.SETTINGS, k) for k in stepfsm._settings._Settings.__slots__
+    }
+    listeners = list(stepfsm._settings.LISTENERS)
+    with HELD_LOCK:
+        HELD.clear()  # count only the handles this test opens
+    yield
+    for key, value in previous.items():
+        setattr(stepfsm._settings.SETTINGS, key, value)
+    stepfsm._settings.LISTENERS = listeners
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lc in list(registry.LIVE.values()):
+            if lc._state in (stepfsm.State.LOADED, stepfsm.State.FAILED):
+                step = lc.step
+                if isinstance(step, FakeStep):
+                    step.fail_unload = None
+                    step.gate = None
+                with contextlib.suppress(Exception):
+                    lc.unload(force=True)
+            if lc._state is not stepfsm.State.UNLOADED:  # beyond repair: forget it
+                registry.LIVE.pop(lc._owner.key, None)
+                registry.LOADED.pop(lc._owner.key, None)
+
+
+@pytest.fixture
+def step() -> FakeStep:
+    """A fresh FakeStep named 'gen_0'."""
+    return FakeStep("gen_0")
+
+
+def held_count() -> int:
+    with HELD_LOCK:
+        return len(HELD)
+
+
+def run_threads(n: int, target: Any, timeout: float = 30.0) -> list[BaseException]:
+    """Start ``n`` threads together (a Barrier), join them, return their exceptions."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as error:  # collected and asserted by the caller
+            errors.append(error)
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = [t for t in threads if t.is_alive()]
+    if alive:
+        raise AssertionError(f"{len(alive)} threads still running after {timeout} s: deadlock?")
+    return errors
