@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
+import math
 import os
 import sys
 import threading
@@ -59,17 +60,22 @@ __all__ = ["Lifecycle", "TransitionRecord", "lifecycle"]
 log: Final = logging.getLogger("stepfsm")
 log.addHandler(logging.NullHandler())  # a library never prints by itself
 
+# The engine works on plain string states (the State values): transitions' enum
+# support costs ~7% per trigger. The machine's attribute is ``Lifecycle._fsm``;
+# ``Lifecycle._state`` mirrors it as the ``State`` member after every trigger.
 _MACHINE: Final = Machine(
     model=None,
-    states=State,
+    states=[s.value for s in State],
     transitions=[
-        {"trigger": t.trigger, "source": list(t.sources), "dest": t.dest} for t in TRANSITIONS
+        {"trigger": t.trigger, "source": [s.value for s in t.sources], "dest": t.dest.value}
+        for t in TRANSITIONS
     ],
-    initial=INITIAL,
+    initial=INITIAL.value,
     auto_transitions=False,
-    model_attribute="_state",
+    model_attribute="_fsm",
     name="stepfsm",
 )
+_STATES: Final[dict[str, State]] = {s.value: s for s in State}
 _EVENTS: Final[dict[str, Any]] = {t.trigger: _MACHINE.events[t.trigger] for t in TRANSITIONS}
 
 _LOADED: Final = State.LOADED
@@ -80,7 +86,6 @@ _FAILED: Final = State.FAILED
 
 _get_ident: Final = threading.get_ident
 _wall: Final = time.time
-_clock: Final = time.perf_counter
 
 
 class _Frames(threading.local):
@@ -111,6 +116,9 @@ class TransitionRecord(NamedTuple):
     error: BaseException | None
 
 
+_tuple_new: Final[Any] = tuple.__new__  # builds a TransitionRecord without its Python __new__
+
+
 class _Hold:
     """One holder of a lifecycle: ``key`` identifies it (``None`` = anonymous)."""
 
@@ -119,6 +127,22 @@ class _Hold:
     def __init__(self, key: object, label: str) -> None:
         self.key = key
         self.label = label
+
+
+class _ParentKey:
+    """Identifies the holds one load of a parent step takes on its children.
+
+    A fresh key per load means a late release of an old load's holds can never
+    drop a hold that a newer load of the same parent took.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = "a parent step"  # set to the parent's name when it takes a hold
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 class _ContextHold:
@@ -148,9 +172,7 @@ def display_name(obj: object) -> str:
     return f"{cls} at {id(obj):#x}"
 
 
-def _private(obj: object) -> dict[str, Any] | None:
-    private = getattr(obj, "__pydantic_private__", None)
-    return private if isinstance(private, dict) else None
+_NO_CHANGE: Final[tuple[dict[str, Any], dict[str, Any]]] = ({}, {})
 
 
 class Lifecycle:
@@ -165,7 +187,6 @@ class Lifecycle:
         "__weakref__",
         "_acquired_load",
         "_began",
-        "_began_wall",
         "_cfg",
         "_children",
         "_cleanup_error",
@@ -173,7 +194,9 @@ class Lifecycle:
         "_diff",
         "_error",
         "_evicted",
+        "_fsm",
         "_history",
+        "_hold_key",
         "_holds",
         "_listeners",
         "_load_s",
@@ -196,12 +219,12 @@ class Lifecycle:
         self._owner: registry.OwnerRef = ref
         self._cfg = cfg
         self._state: State = INITIAL
+        self._fsm: str = INITIAL.value
         self._lock = threading.Lock()
         self._cond: threading.Condition | None = None
         self._thread: int | None = None
         self._since: float | None = None
         self._began = 0.0
-        self._began_wall = 0.0
         self._load_s: float | None = None
         self._load_seq = 0
         self._error: BaseException | None = None
@@ -209,7 +232,8 @@ class Lifecycle:
         self._holds: list[_Hold] = []
         self._evicted: dict[int, int] | None = None
         self._acquired_load = False
-        self._children: list[Lifecycle] | None = None
+        self._children: list[tuple[Lifecycle, object]] | None = None
+        self._hold_key: object = None  # the key of the holds this step's current load takes
         self._history: deque[TransitionRecord] | None = None
         self._listeners: tuple[_settings.Listener, ...] = ()
         self._outbox: list[TransitionRecord] | None = None
@@ -367,12 +391,13 @@ class Lifecycle:
         if _frames.stack:
             parent = self._parent()
             if parent is not None:
-                return self._acquire(parent, parent.name)
+                return self._acquire(parent._hold_key, parent.name, parent)
         if self._state is _LOADED:
             return False
         with self._lock:
-            ran = self._ensure("ensure_loaded", self._deadline())
-        self._deliver()
+            ran = self._ensure("ensure_loaded")
+        if self._outbox:
+            self._deliver()
         return ran
 
     def reload(self, force: bool = False) -> None:
@@ -387,17 +412,19 @@ class Lifecycle:
             UnloadError: the unload before the load raised.
             TransitionInProgressError: see :meth:`load`.
         """
-        deadline = self._deadline()
         with self._lock:
-            state = self._settle("reload", deadline)
+            state = self._state
+            if state is _LOADING or state is _UNLOADING:
+                state = self._settle("reload")
             acquired = self._acquired_load  # holders keep their hold across a reload
             if state is _LOADED:
                 if self._holds and not force:
                     raise self._in_use("reload")
                 self._unload_now("reload", force=False, keep_holds=True)
-            self._ensure("reload", deadline)
+            self._ensure("reload")
             self._acquired_load = acquired and bool(self._holds)
-        self._deliver()
+        if self._outbox:
+            self._deliver()
 
     def acquire(self, holder: object = None) -> None:
         """Take a hold on the step, loading it first if needed.
@@ -447,7 +474,8 @@ class Lifecycle:
                 )
             if not self._holds and self._acquired_load and self._state is _LOADED:
                 self._unload_now("release", force=False, keep_holds=False)
-        self._deliver()
+        if self._outbox:
+            self._deliver()
 
     @contextlib.contextmanager
     def loaded(self) -> Iterator[Any]:
@@ -478,7 +506,9 @@ class Lifecycle:
             return
         if state is _LOADING or state is _UNLOADING:
             with self._lock:
-                state = self._settle(operation, self._deadline())
+                state = self._state
+                if state is _LOADING or state is _UNLOADING:
+                    state = self._settle(operation)
             if state is _LOADED:
                 return
         policy = self.on_unloaded_use
@@ -521,14 +551,15 @@ class Lifecycle:
         if _frames.stack:
             parent = self._parent()
             if parent is not None:
-                self._acquire(parent, parent.name)
+                self._acquire(parent._hold_key, parent.name, parent)
                 return None
-        deadline = self._deadline()
         with self._lock:
             while True:
-                state = self._settle("load", deadline)
+                state = self._state
+                if state is _LOADING or state is _UNLOADING:
+                    state = self._settle("load")
                 if state is not _LOADED:
-                    self._ensure("load", deadline, fn, args, kwargs)
+                    self._ensure("load", fn, args, kwargs)
                     break
                 policy = self.on_repeat
                 if policy == "raise":
@@ -541,7 +572,8 @@ class Lifecycle:
                         )
                     )
                 break
-        self._deliver()
+        if self._outbox:
+            self._deliver()
         return None
 
     def call_unload(
@@ -553,13 +585,14 @@ class Lifecycle:
                 return fn(self._owner(), *args, **kwargs)
             raise TransitionInProgressError(self.name, self._state, "unload", None)
         if _frames.stack:
-            parent = _frames.stack[-1][0]
-            if parent is not self and any(h.key is parent for h in self._holds):
-                self.release(parent)  # the parent's unload lets go of what its load took
+            key = _frames.stack[-1][0]._hold_key
+            if key is not None and any(h.key is key for h in self._holds):
+                self.release(key)  # the parent's unload lets go of what its load took
                 return None
-        deadline = self._deadline()
         with self._lock:
-            state = self._settle("unload", deadline)
+            state = self._state
+            if state is _LOADING or state is _UNLOADING:
+                state = self._settle("unload")
             if state is _LOADED:
                 if self._holds and not force:
                     raise self._in_use("unload")
@@ -568,7 +601,8 @@ class Lifecycle:
                 if force:
                     self._evict()
                 self._cleanup("unload", fn, args, kwargs)
-        self._deliver()
+        if self._outbox:
+            self._deliver()
         return None
 
     def guard(self, operation: str) -> None:
@@ -584,21 +618,23 @@ class Lifecycle:
             return parent
         return None
 
-    def _acquire(self, holder: object, label: str) -> bool:
+    def _acquire(self, holder: object, label: str, parent: Lifecycle | None = None) -> bool:
         if self._thread == _get_ident():
             raise TransitionInProgressError(self.name, self._state, "acquire", None)
-        deadline = self._deadline()
         with self._lock:
-            ran = self._ensure("acquire", deadline)
+            ran = self._ensure("acquire")
             if ran:
                 self._acquired_load = True
             self._holds.append(_Hold(holder, label))
-        if isinstance(holder, Lifecycle):
-            with holder._lock:
-                if holder._children is None:
-                    holder._children = []
-                holder._children.append(self)
-        self._deliver()
+        if parent is not None:  # released when the parent's unload completes or its load fails
+            if isinstance(holder, _ParentKey):
+                holder.name = label
+            with parent._lock:
+                if parent._children is None:
+                    parent._children = []
+                parent._children.append((self, holder))
+        if self._outbox:
+            self._deliver()
         return ran
 
     def _label(self, holder: object) -> str:
@@ -606,7 +642,7 @@ class Lifecycle:
             return f"acquire() in thread {threading.current_thread().name}"
         if isinstance(holder, Lifecycle):
             return holder.name
-        if isinstance(holder, _ContextHold):
+        if isinstance(holder, (_ContextHold, _ParentKey)):
             return repr(holder)
         from .wrap import is_stateful
 
@@ -615,41 +651,43 @@ class Lifecycle:
         text = repr(holder)
         return text if len(text) <= 60 else text[:57] + "..."
 
-    def _deadline(self) -> float | None:
-        timeout = self.timeout
-        if timeout is None or timeout == float("inf"):
-            return None
-        return time.monotonic() + timeout
+    def _settle(self, operation: str) -> State:
+        """With the lock held: wait until no other thread is mid-transition.
 
-    def _settle(self, operation: str, deadline: float | None) -> State:
-        """With the lock held: wait until no other thread is mid-transition."""
-        while True:
-            state = self._state
-            if state is not _LOADING and state is not _UNLOADING:
-                return state
+        The timeout counts from the first wait.
+        """
+        state = self._state
+        deadline: float | None = None
+        while state is _LOADING or state is _UNLOADING:
             if self._thread == _get_ident():
                 raise TransitionInProgressError(self.name, state, operation, None)
             if self._cond is None:
                 self._cond = threading.Condition(self._lock)
-            if deadline is None:
+            timeout = self.timeout
+            if timeout is None or timeout == math.inf:
                 self._cond.wait()
-                continue
-            remaining = deadline - time.monotonic()
-            timed_out = remaining <= 0 or not self._cond.wait(remaining)
-            if timed_out and self._state is state:
-                raise TransitionInProgressError(self.name, state, operation, self.timeout or 0.0)
+            else:
+                if deadline is None:
+                    deadline = time.monotonic() + timeout
+                remaining = deadline - time.monotonic()
+                timed_out = remaining <= 0 or not self._cond.wait(remaining)
+                if timed_out and self._state is state:
+                    raise TransitionInProgressError(self.name, state, operation, timeout)
+            state = self._state
+        return state
 
     def _ensure(
         self,
         operation: str,
-        deadline: float | None,
         fn: Callable[..., Any] | None = None,
         args: tuple[Any, ...] = (),
         kwargs: Any = None,
     ) -> bool:
         """With the lock held: make the step ``loaded``; return whether a load ran."""
         while True:
-            state = self._settle(operation, deadline)
+            state = self._state
+            if state is _LOADING or state is _UNLOADING:
+                state = self._settle(operation)
             if state is _LOADED:
                 return False
             if state is _FAILED:
@@ -664,22 +702,28 @@ class Lifecycle:
         return getattr(fn, "__stepfsm_original__", fn)  # type: ignore[no-any-return]
 
     def _run_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> None:
-        owner = self._owner()
-        pre = dict(owner.__dict__) if hasattr(owner, "__dict__") else None
-        private = _private(owner)
-        pre_private = dict(private) if private is not None else None
+        owner: Any = self._owner()
+        cfg = self._cfg
+        pre = dict(owner.__dict__) if cfg.has_dict else None
+        pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
+        self._hold_key = _ParentKey()
         self._fire("begin_load")
         error = self._run_user(owner, "load", fn, args, kwargs, duplicate_check=True)
         if error is None:
             self._load_s = self._history[-1].duration if self._history else None
             self._load_seq = next(registry.LOAD_ORDER)
             self._error = self._cleanup_error = None
-            self._diff = _diff(owner, pre, pre_private)
-            registry.LOADED[self._owner.key] = self
+            before, after = _changes(pre, owner.__dict__) if pre is not None else _NO_CHANGE
+            if pre_private is not None:
+                private = _changes(pre_private, owner.__pydantic_private__ or {})
+            else:
+                private = _NO_CHANGE
+            self._diff = (before, after, *private) if before or private[0] else None
             if log.isEnabledFor(logging.INFO):
                 log.info("loaded %s in %.3f s", self.name, self._load_s or 0.0)
             return
-        self._release_children()
+        if self._children:
+            self._release_children()
         if not isinstance(error, Exception):
             raise error
         raise LoadError(self.name, "load", error) from error
@@ -750,8 +794,8 @@ class Lifecycle:
         self._acquired_load = False
         self._diff = None
         self._error = self._cleanup_error = None
-        registry.LOADED.pop(self._owner.key, None)
-        self._release_children()
+        if self._children:
+            self._release_children()
         if log.isEnabledFor(logging.INFO):
             took = self._history[-1].duration if self._history else 0.0
             log.info("unloaded %s in %.3f s", self.name, took)
@@ -762,9 +806,9 @@ class Lifecycle:
             return
         self._lock.release()
         try:
-            for child in reversed(children):
+            for child, key in reversed(children):
                 try:
-                    child.release(self)
+                    child.release(key)
                 except StepStateError:  # a forced unload of the child evicted us already
                     pass
                 except Exception:
@@ -829,22 +873,21 @@ class Lifecycle:
                 state=source,
                 operation=trigger,
             ) from err
-        now = _clock()
+        self._state = state = _STATES[self._fsm]
+        if source is _LOADED:
+            registry.LOADED.pop(self._owner.key, None)
+        elif state is _LOADED:
+            registry.LOADED[self._owner.key] = self
         wall = _wall()
         if trigger[0] == "b":  # begin_load / begin_unload
-            self._thread = _get_ident()
-            self._began = now
-            self._began_wall = wall
-            record = TransitionRecord(trigger, source, self._state, wall, 0.0, self._thread, None)
+            self._thread = thread = _get_ident()
+            self._began = wall
+            record = _tuple_new(TransitionRecord, (trigger, source, state, wall, 0.0, thread, None))
         else:
-            record = TransitionRecord(
-                trigger,
-                source,
-                self._state,
-                self._began_wall,
-                now - self._began,
-                _get_ident(),
-                error,
+            began = self._began
+            record = _tuple_new(
+                TransitionRecord,
+                (trigger, source, state, began, max(0.0, wall - began), _get_ident(), error),
             )
             self._thread = None
         self._since = wall
@@ -857,7 +900,7 @@ class Lifecycle:
                 self._outbox = []
             self._outbox.append(record)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: %s %s -> %s", self.name, trigger, source.value, self._state.value)
+            log.debug("%s: %s %s -> %s", self.name, trigger, source.value, state.value)
 
     def _deliver(self) -> None:
         """Without the lock: give pending transition records to the listeners."""
@@ -890,6 +933,7 @@ class Lifecycle:
         self._cond = None
         self._thread = None
         self._state = INITIAL
+        self._fsm = INITIAL.value
         self._holds = []
         self._evicted = None
         self._acquired_load = False
@@ -925,24 +969,16 @@ class Lifecycle:
         return result
 
 
-def _diff(
-    owner: Any, pre: dict[str, Any] | None, pre_private: dict[str, Any] | None
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]] | None:
-    """What the load set: (pre-load values, loaded values) for ``__dict__`` and private attrs."""
-    parts: list[dict[str, Any]] = []
-    for old, new in ((pre, getattr(owner, "__dict__", None)), (pre_private, _private(owner))):
-        before: dict[str, Any] = {}
-        after: dict[str, Any] = {}
-        if old is not None and new is not None:
-            for key, value in new.items():
-                previous = old.get(key, _MISSING)
-                if previous is not value:
-                    before[key] = previous
-                    after[key] = value
-        parts += (before, after)
-    if not (parts[0] or parts[2]):
-        return None
-    return parts[0], parts[1], parts[2], parts[3]
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keys of ``new`` whose value is not (identically) the one in ``old``."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for key, value in new.items():
+        previous = old.get(key, _MISSING)
+        if previous is not value:
+            before[key] = previous
+            after[key] = value
+    return before, after
 
 
 def _same_configuration(a: object, b: object) -> bool:

@@ -46,6 +46,9 @@ class ClassConfig:
     on_repeat: OnRepeat | None = None
     on_unloaded_use: OnUnloadedUse | None = None
     timeout: float | None = None
+    #: instances have a ``__dict__`` / are pydantic models (how copies are patched)
+    has_dict: bool = True
+    private: bool = False
 
 
 _OPTIONS: Final = ("load", "unload", "guard", "on_repeat", "on_unloaded_use", "timeout")
@@ -184,6 +187,8 @@ def make_stateful(
         on_repeat=on_repeat or parent.on_repeat,
         on_unloaded_use=on_unloaded_use or parent.on_unloaded_use,
         timeout=checked_timeout if checked_timeout is not None else parent.timeout,
+        has_dict=cls.__dictoffset__ != 0,
+        private=_is_pydantic(cls),
     )
     _check_definition(cls, cfg)
     cls.__stepfsm__ = cfg  # type: ignore[attr-defined]
@@ -271,16 +276,17 @@ def _wrap_unload(fn: Callable[..., Any]) -> Callable[..., Any] | None:
     return unload
 
 
-def _slow(obj: object, lc: Lifecycle | None, operation: str) -> None:
-    (lc or lifecycle(obj)).require_loaded(operation)
+def _slow(obj: object, operation: str) -> None:
+    lifecycle(obj).require_loaded(operation)
 
 
 _P = inspect.Parameter
+# ``registry.LOADED`` holds exactly the ids of the loaded steps, so the fast path
+# is one ``id()`` and one dict membership test.
 _TEMPLATE: Final = """\
 {kw}def {name}({params}):
-    _stepfsm_lc = _stepfsm_get(_stepfsm_id({self}))
-    if _stepfsm_lc is None or _stepfsm_lc._state is not _stepfsm_loaded:
-        _stepfsm_slow({self}, _stepfsm_lc, {operation!r})
+    if _stepfsm_id({self}) not in _stepfsm_loaded:
+        _stepfsm_slow({self}, {operation!r})
     return {aw}_stepfsm_fn({call})
 """
 
@@ -294,9 +300,8 @@ def make_guard(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | N
     if hasattr(fn, "__stepfsm_original__"):
         return None
     namespace: dict[str, Any] = {
-        "_stepfsm_get": registry.LIVE.get,
         "_stepfsm_id": id,
-        "_stepfsm_loaded": State.LOADED,
+        "_stepfsm_loaded": registry.LOADED,
         "_stepfsm_slow": _slow,
         "_stepfsm_fn": fn,
     }

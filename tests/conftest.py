@@ -123,14 +123,14 @@ def _clean_stepfsm() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for lc in list(registry.LIVE.values()):
-            if lc._state in (stepfsm.State.LOADED, stepfsm.State.FAILED):
+            if lc.state in (stepfsm.State.LOADED, stepfsm.State.FAILED):
                 step = lc.step
                 if isinstance(step, FakeStep):
                     step.fail_unload = None
                     step.gate = None
                 with contextlib.suppress(Exception):
                     lc.unload(force=True)
-            if lc._state is not stepfsm.State.UNLOADED:  # beyond repair: forget it
+            if lc.state is not stepfsm.State.UNLOADED:  # beyond repair: forget it
                 registry.LIVE.pop(lc._owner.key, None)
                 registry.LOADED.pop(lc._owner.key, None)
 
