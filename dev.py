@@ -68,8 +68,10 @@ def ensure_graphviz() -> None:
         run(apt, "update", "-qq", env=env)
         run(apt, "install", "-y", "-qq", "graphviz", env=env)
     else:
-        print("note: Graphviz `dot` is missing and cannot be installed here; "
-              "the tests that render with it will be skipped (install graphviz to run them).")
+        print(
+            "note: Graphviz `dot` is missing and cannot be installed here; "
+            "the tests that render with it will be skipped (install graphviz to run them)."
+        )
 
 
 def ensure_mermaid() -> None:
@@ -81,8 +83,17 @@ def ensure_mermaid() -> None:
         return
     say("installing the mermaid parser (npm) into .cache/node")
     NODE_DIR.mkdir(parents=True, exist_ok=True)
-    run(npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_DIR,
-        f"mermaid@{MERMAID_VERSION}", f"jsdom@{JSDOM_VERSION}")
+    run(
+        npm,
+        "install",
+        "--silent",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        NODE_DIR,
+        f"mermaid@{MERMAID_VERSION}",
+        f"jsdom@{JSDOM_VERSION}",
+    )
 
 
 def demo(argv: list[str]) -> int:

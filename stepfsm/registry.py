@@ -95,6 +95,20 @@ class Status(tuple[StepStatus, ...]):
     def __repr__(self) -> str:
         return str(self)
 
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
+        """Jupyter: the table, plus the lifecycle diagram with the occupied states marked.
+
+        The diagram is inlined as SVG when Graphviz is available; without it
+        the table comes alone (markdown cannot sit inside HTML).
+        """
+        from .diagrams import mimebundle
+
+        page = self._repr_html_()
+        svg = mimebundle(self).get("image/svg+xml") if self else None
+        if svg:
+            page += "\n" + svg[svg.find("<svg") :]
+        return {"text/html": page, "text/plain": str(self)}
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEAD)
         body = "".join(

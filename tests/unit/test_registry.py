@@ -234,3 +234,18 @@ def test_lifecycle_repr_and_since(step: FakeStep) -> None:
     step.load()
     assert repr(lc).startswith("<Lifecycle of FakeStep 'gen_0': loaded since ")
     assert lc.since is not None
+
+
+def test_status_renders_in_jupyter_with_the_table() -> None:
+    """status()'s Jupyter bundle is the HTML table (plus the SVG diagram when dot exists)."""
+    import shutil
+
+    a = FakeStep("alpha")
+    a.load()
+    bundle = stepfsm.status()._repr_mimebundle_()
+    assert bundle["text/plain"] == str(stepfsm.status())
+    assert bundle["text/html"].startswith("<table>")
+    assert "<td>loaded</td>" in bundle["text/html"]
+    if shutil.which("dot"):
+        assert "<svg" in bundle["text/html"]
+        assert "loaded (1)" in bundle["text/html"]
