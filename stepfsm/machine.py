@@ -704,21 +704,23 @@ class Lifecycle:
     def _run_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> None:
         owner: Any = self._owner()
         cfg = self._cfg
-        pre = dict(owner.__dict__) if cfg.has_dict else None
+        pre = _attributes(owner, cfg) if cfg.has_dict or cfg.slots else None
         pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
         self._hold_key = _ParentKey()
         self._fire("begin_load")
         error = self._run_user(owner, "load", fn, args, kwargs, duplicate_check=True)
+        # What the load set, even if it then raised: a failed step may hold part of
+        # the resource, and its copies must not carry it (DESIGN.md §5).
+        before, after = _changes(pre, _attributes(owner, cfg)) if pre is not None else _NO_CHANGE
+        if pre_private is not None:
+            private = _changes(pre_private, owner.__pydantic_private__ or {})
+        else:
+            private = _NO_CHANGE
+        self._diff = (before, after, *private) if before or private[0] else None
         if error is None:
             self._load_s = self._history[-1].duration if self._history else None
             self._load_seq = next(registry.LOAD_ORDER)
             self._error = self._cleanup_error = None
-            before, after = _changes(pre, owner.__dict__) if pre is not None else _NO_CHANGE
-            if pre_private is not None:
-                private = _changes(pre_private, owner.__pydantic_private__ or {})
-            else:
-                private = _NO_CHANGE
-            self._diff = (before, after, *private) if before or private[0] else None
             if log.isEnabledFor(logging.INFO):
                 log.info("loaded %s in %.3f s", self.name, self._load_s or 0.0)
             return
@@ -952,7 +954,7 @@ class Lifecycle:
         added is left out; one the user changed after the load is kept.
         """
         diff = self._diff
-        if diff is None or self._state is not _LOADED:
+        if diff is None or self._state is _UNLOADED:
             return state
         before, after = (diff[2], diff[3]) if private else (diff[0], diff[1])
         if not before:
@@ -967,6 +969,16 @@ class Lifecycle:
             else:
                 result[key] = old
         return result
+
+
+def _attributes(owner: Any, cfg: ClassConfig) -> dict[str, Any]:
+    """The instance's attributes: its ``__dict__`` plus its set ``__slots__``."""
+    values = dict(owner.__dict__) if cfg.has_dict else {}
+    for name in cfg.slots:
+        value = getattr(owner, name, _MISSING)
+        if value is not _MISSING:
+            values[name] = value
+    return values
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -16,6 +16,7 @@ plain classes, ``__copy__``/``__deepcopy__``/``__getstate__`` for pydantic model
 
 from __future__ import annotations
 
+import copyreg
 import difflib
 import functools
 import inspect
@@ -49,6 +50,7 @@ class ClassConfig:
     #: instances have a ``__dict__`` / are pydantic models (how copies are patched)
     has_dict: bool = True
     private: bool = False
+    slots: tuple[str, ...] = ()
 
 
 _OPTIONS: Final = ("load", "unload", "guard", "on_repeat", "on_unloaded_use", "timeout")
@@ -189,6 +191,7 @@ def make_stateful(
         timeout=checked_timeout if checked_timeout is not None else parent.timeout,
         has_dict=cls.__dictoffset__ != 0,
         private=_is_pydantic(cls),
+        slots=tuple(n for n in copyreg._slotnames(cls) if not n.startswith("__")),  # type: ignore[attr-defined]
     )
     _check_definition(cls, cfg)
     cls.__stepfsm__ = cfg  # type: ignore[attr-defined]
@@ -406,7 +409,7 @@ def _is_pydantic(cls: type) -> bool:
 
 def _loaded_lifecycle(obj: object) -> Lifecycle | None:
     lc = registry.LIVE.get(id(obj))
-    if lc is None or lc._diff is None or lc._state is not State.LOADED or lc._owner() is not obj:
+    if lc is None or lc._diff is None or lc._state is State.UNLOADED or lc._owner() is not obj:
         return None
     return lc
 
@@ -428,8 +431,13 @@ def _install_copy_hooks(cls: type) -> None:
         state = rv[2]
         if isinstance(state, dict):
             state = lc.preload_state(state)
-        elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = (lc.preload_state(state[0]), state[1])
+        elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            # (__dict__ or None, {slot: value}): the protocol-2 state of a slotted class
+            attrs = state[0]
+            state = (
+                lc.preload_state(attrs) if isinstance(attrs, dict) else attrs,
+                lc.preload_state(state[1]),
+            )
         else:
             return rv
         return (*rv[:2], state, *rv[3:])
