@@ -17,7 +17,7 @@ worker sends exceptions back to the parent process).
 
 from __future__ import annotations
 
-import datetime as _dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +54,7 @@ def _rebuild(cls: type[BaseException], message: str, attrs: dict[str, Any]) -> B
 def _clock(when: float | None) -> str:
     if when is None:
         return "?"
-    return _dt.datetime.fromtimestamp(when).strftime("%H:%M:%S")
+    return time.strftime("%H:%M:%S", time.localtime(when))
 
 
 def _since(when: float | None) -> str:

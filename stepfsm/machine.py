@@ -18,7 +18,6 @@ own nested calls pass through (DESIGN.md §2 and §4) instead of deadlocking.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import math
 import os
@@ -53,6 +52,8 @@ from .errors import (
 from .states import INITIAL, TRANSITIONS, State
 
 if TYPE_CHECKING:
+    import datetime as _dt
+
     from .wrap import ClassConfig
 
 __all__ = ["Lifecycle", "TransitionRecord", "lifecycle"]
@@ -207,6 +208,7 @@ class Lifecycle:
         "_on_unloaded_use",
         "_outbox",
         "_owner",
+        "_pre",
         "_since",
         "_state",
         "_thread",
@@ -239,6 +241,7 @@ class Lifecycle:
         self._outbox: list[TransitionRecord] | None = None
         self._diff: tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]] | None
         self._diff = None
+        self._pre: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
         self._on_repeat: OnRepeat | None = None
         self._on_unloaded_use: OnUnloadedUse | None = None
         self._timeout: float | None = None
@@ -267,7 +270,11 @@ class Lifecycle:
     @property
     def since(self) -> _dt.datetime | None:
         """When the current state was entered (``None`` if it never changed)."""
-        return None if self._since is None else _dt.datetime.fromtimestamp(self._since)
+        if self._since is None:
+            return None
+        import datetime  # lazily: keeps `import stepfsm` light
+
+        return datetime.datetime.fromtimestamp(self._since)
 
     @property
     def error(self) -> BaseException | None:
@@ -586,9 +593,12 @@ class Lifecycle:
             raise TransitionInProgressError(self.name, self._state, "unload", None)
         if _frames.stack:
             key = _frames.stack[-1][0]._hold_key
-            if key is not None and any(h.key is key for h in self._holds):
-                self.release(key)  # the parent's unload lets go of what its load took
-                return None
+            if key is not None:
+                with self._lock:
+                    owned = any(h.key is key for h in self._holds)
+                if owned:
+                    self.release(key)  # the parent's unload lets go of what its load took
+                    return None
         with self._lock:
             state = self._state
             if state is _LOADING or state is _UNLOADING:
@@ -706,9 +716,13 @@ class Lifecycle:
         cfg = self._cfg
         pre = _attributes(owner, cfg) if cfg.has_dict or cfg.slots else None
         pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
+        if registry.LOADED:
+            # Before begin_load: a warning filtered to an error leaves the state alone.
+            _check_duplicate(self, owner)
         self._hold_key = _ParentKey()
+        self._pre = (pre, pre_private)  # copies made while the load runs use these
         self._fire("begin_load")
-        error = self._run_user(owner, "load", fn, args, kwargs, duplicate_check=True)
+        error = self._run_user(owner, "load", fn, args, kwargs)
         # What the load set, even if it then raised: a failed step may hold part of
         # the resource, and its copies must not carry it (DESIGN.md §5).
         before, after = _changes(pre, _attributes(owner, cfg)) if pre is not None else _NO_CHANGE
@@ -717,6 +731,7 @@ class Lifecycle:
         else:
             private = _NO_CHANGE
         self._diff = (before, after, *private) if before or private[0] else None
+        self._pre = None
         if error is None:
             self._load_s = self._history[-1].duration if self._history else None
             self._load_seq = next(registry.LOAD_ORDER)
@@ -806,6 +821,7 @@ class Lifecycle:
         children, self._children = self._children, None
         if not children:
             return
+        interrupted: BaseException | None = None
         self._lock.release()
         try:
             for child, key in reversed(children):
@@ -815,8 +831,12 @@ class Lifecycle:
                     pass
                 except Exception:
                     log.exception("releasing %s held by %s failed", child.name, self.name)
+                except BaseException as error:  # release the others, then re-raise it
+                    interrupted = interrupted or error
         finally:
             self._lock.acquire()
+        if interrupted is not None:
+            raise interrupted
 
     def _run_user(
         self,
@@ -826,7 +846,6 @@ class Lifecycle:
         args: tuple[Any, ...],
         kwargs: Any,
         cleanup: bool = False,
-        duplicate_check: bool = False,
     ) -> BaseException | None:
         """Run the user's load/unload with the lock released; settle the state after."""
         error: BaseException | None = None
@@ -835,8 +854,6 @@ class Lifecycle:
         try:
             if self._outbox:
                 self._deliver()
-            if duplicate_check and registry.LOADED:
-                _check_duplicate(self, owner)
             stack.append((self, op))
             try:
                 fn(owner, *args, **kwargs)
@@ -941,6 +958,7 @@ class Lifecycle:
         self._acquired_load = False
         self._children = None
         self._diff = None
+        self._pre = None
         self._outbox = None
         self._error = self._cleanup_error = None
         self._history = None
@@ -954,9 +972,16 @@ class Lifecycle:
         added is left out; one the user changed after the load is kept.
         """
         diff = self._diff
-        if diff is None or self._state is _UNLOADED:
+        pre = self._pre
+        if pre is not None and self._state is _LOADING:
+            snapshot = pre[1] if private else pre[0]
+            if snapshot is None:
+                return state
+            before, after = _changes(snapshot, state)
+        elif diff is None or self._state is _UNLOADED:
             return state
-        before, after = (diff[2], diff[3]) if private else (diff[0], diff[1])
+        else:
+            before, after = (diff[2], diff[3]) if private else (diff[0], diff[1])
         if not before:
             return state
         result = dict(state)
@@ -1006,6 +1031,8 @@ def _same_configuration(a: object, b: object) -> bool:
 
 
 def _check_duplicate(lc: Lifecycle, owner: object) -> None:
+    if type(owner).__eq__ is object.__eq__ and not lc._cfg.private:
+        return  # identity equality never matches: skip the scan of loaded steps
     for other in list(registry.LOADED.values()):
         if other is lc or other._state is not _LOADED:
             continue

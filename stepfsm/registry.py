@@ -13,8 +13,6 @@ would run the parent's finalizers in the child).
 
 from __future__ import annotations
 
-import datetime as _dt
-import html
 import itertools
 import os
 import threading
@@ -25,6 +23,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from .states import State
 
 if TYPE_CHECKING:
+    import datetime as _dt
+
     from .machine import Lifecycle
 
 __all__ = ["Status", "StepStatus", "status", "unload_all"]
@@ -110,6 +110,8 @@ class Status(tuple[StepStatus, ...]):
         return {"text/html": page, "text/plain": str(self)}
 
     def _repr_html_(self) -> str:
+        import html
+
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEAD)
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"

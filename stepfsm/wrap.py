@@ -17,7 +17,6 @@ plain classes, ``__copy__``/``__deepcopy__``/``__getstate__`` for pydantic model
 from __future__ import annotations
 
 import copyreg
-import difflib
 import functools
 import inspect
 from collections.abc import Callable, Iterable
@@ -239,6 +238,8 @@ def _check_definition(cls: type, cfg: ClassConfig) -> None:
 
 def _did_you_mean(cls: type, name: str) -> str:
     candidates = [n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))]
+    import difflib  # lazily: only definition errors need it
+
     close = difflib.get_close_matches(name, candidates, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 
@@ -409,7 +410,9 @@ def _is_pydantic(cls: type) -> bool:
 
 def _loaded_lifecycle(obj: object) -> Lifecycle | None:
     lc = registry.LIVE.get(id(obj))
-    if lc is None or lc._diff is None or lc._state is State.UNLOADED or lc._owner() is not obj:
+    if lc is None or lc._state is State.UNLOADED or lc._owner() is not obj:
+        return None
+    if lc._diff is None and not (lc._pre is not None and lc._state is State.LOADING):
         return None
     return lc
 

@@ -1,0 +1,1118 @@
+"""Test your own stateful steps: a reference model, a hypothesis state machine and a checker.
+
+Three lines test a step class of your own::
+
+    from stepfsm.testing import check_lifecycle
+
+    def test_my_llm_lifecycle():
+        check_lifecycle(MyLLM, is_held=lambda llm: llm.model is not None)
+
+:func:`check_lifecycle` drives several instances of the class, their copies
+and pickles, and a few threads through random sequences of ``load``,
+``ensure_loaded``, ``unload``, ``reload``, ``acquire``, ``release`` and
+guarded use, and after every step compares each object with the reference
+model: its state, its holders, the error class each call raised, and whether
+its resource is held (``is_held``). A failure is an :class:`AssertionError`
+naming the shortest sequence hypothesis found and the rule that broke, e.g.
+``after [s0.load(), s0.unload()] s0 is 'unloaded' but its resource is still
+held: unload() does not release it (or not all of it)``.
+
+The reference model (:func:`model_step`) is the lifecycle as a pure function
+``(state, holders, op, outcome) -> (state', holders', result)``. Every state it
+moves to comes from :data:`stepfsm.states.TRANSITIONS` (through
+:func:`stepfsm.states.next_state`); which transitions an operation fires, and
+what it returns or raises, is DESIGN.md section 2. stepfsm's own property tests
+check the library against this same function.
+
+Subclass :class:`LifecycleMachine` to add rules of your own; ``TestX =
+MyMachine.TestCase`` makes it a test. This module imports hypothesis; nothing
+in ``stepfsm`` imports this module, so ``import stepfsm`` never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy as _copy
+import itertools
+import pickle
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Literal, NamedTuple, NoReturn, get_args
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from ._settings import OnRepeat
+from .errors import (
+    AlreadyLoadedError,
+    CleanupWarning,
+    DuplicateLoadWarning,
+    LoadError,
+    NotLoadedError,
+    RepeatedLoadWarning,
+    StepFailedError,
+    StepInUseError,
+    StepStateError,
+    TransitionError,
+    UnloadError,
+)
+from .machine import TransitionRecord, lifecycle
+from .states import INITIAL, State, next_state
+from .wrap import is_stateful
+
+__all__ = [
+    "BEHAVIOURS",
+    "OPS",
+    "OUTCOMES",
+    "STEP",
+    "Behaviour",
+    "Call",
+    "Config",
+    "Holders",
+    "LifecycleMachine",
+    "ModelError",
+    "Observed",
+    "Op",
+    "Outcome",
+    "Result",
+    "Tracked",
+    "candidates",
+    "check_lifecycle",
+    "linearize",
+    "mismatches",
+    "model_step",
+    "perform",
+]
+
+# ---------------------------------------------------------------- the model
+
+#: How one call of the step's own load or unload code ends.
+Behaviour = Literal["ok", "error", "interrupt"]
+BEHAVIOURS: Final[tuple[Behaviour, ...]] = get_args(Behaviour)
+
+#: The lifecycle operations the model knows (``use`` is a guarded call or
+#: ``require_loaded()``; ``copy`` is a copy or pickle, which changes nothing).
+Op = Literal[
+    "load",
+    "ensure_loaded",
+    "unload",
+    "unload_force",
+    "reload",
+    "reload_force",
+    "acquire",
+    "release",
+    "use",
+    "copy",
+]
+OPS: Final[tuple[Op, ...]] = get_args(Op)
+
+Kind = Literal["load", "unload"]
+Ran = tuple[tuple[Kind, Behaviour], ...]
+
+
+class Outcome(NamedTuple):
+    """How the step's own code behaves during one operation.
+
+    ``load`` is how its load ends; ``unload`` how its unload ends (also when
+    the unload runs as the clean-up of a ``failed`` step).
+    """
+
+    load: Behaviour = "ok"
+    unload: Behaviour = "ok"
+
+    def __str__(self) -> str:
+        parts = [
+            f"{kind} {'raises' if how == 'error' else 'is interrupted'}"
+            for kind, how in (("load", self.load), ("unload", self.unload))
+            if how != "ok"
+        ]
+        return ", ".join(parts) or "no fault"
+
+
+_NO_FAULT: Final = Outcome()
+
+#: Every outcome, the successful one first.
+OUTCOMES: Final[tuple[Outcome, ...]] = tuple(
+    Outcome(load, unload) for load in BEHAVIOURS for unload in BEHAVIOURS
+)
+
+
+class Holders(NamedTuple):
+    """The holder bookkeeping of one step (DESIGN.md section 2, "Holders").
+
+    Attributes:
+        holds: live holds (``acquire()`` / ``loaded()`` without a ``release()`` yet).
+        by_acquire: the current load was done by an ``acquire()``, so the last
+            ``release()`` unloads.
+        owed: releases still owed by holders a forced unload evicted (no-ops).
+    """
+
+    holds: int = 0
+    by_acquire: bool = False
+    owed: int = 0
+
+
+class Config(NamedTuple):
+    """A settled step as the model sees it: its state and its holders."""
+
+    state: State = INITIAL
+    holders: Holders = Holders()
+
+
+class Result(NamedTuple):
+    """What an operation gives its caller, according to the model.
+
+    Attributes:
+        error: the exception class the call raises (``None``: it returns).
+        returned: what ``ensure_loaded()`` returns (``None`` for the others).
+        ran: the step's own code that runs, in order, with how each call ends.
+        warning: the ``StepFSMWarning`` subclass the call emits, if any.
+    """
+
+    error: type[BaseException] | None = None
+    returned: bool | None = None
+    ran: Ran = ()
+    warning: type[Warning] | None = None
+
+
+class ModelError(AssertionError):
+    """The model asked for a transition that the table in ``stepfsm.states`` does not have."""
+
+
+class _Run:
+    """One operation being applied by the model: the state moves only through the table."""
+
+    def __init__(self, state: State, holders: Holders, outcome: Outcome) -> None:
+        self.state = state
+        self.holders = holders
+        self.outcome = outcome
+        self.ran: list[tuple[Kind, Behaviour]] = []
+
+    def fire(self, trigger: str) -> None:
+        dest = next_state(self.state, trigger)
+        if dest is None:
+            raise ModelError(f"the table has no {trigger!r} from {self.state.value!r}")
+        self.state = dest
+
+    def call(self, kind: Kind) -> Behaviour:
+        """Run the step's own ``kind`` code: ``begin_*``, then ``finish_*`` or ``fail``."""
+        how = self.outcome.load if kind == "load" else self.outcome.unload
+        self.fire(f"begin_{kind}")
+        self.ran.append((kind, how))
+        self.fire(f"finish_{kind}" if how == "ok" else "fail")
+        if how == "ok" and kind == "unload":
+            self.holders = self.holders._replace(by_acquire=False)
+        return how
+
+    def evict(self) -> None:
+        held = self.holders
+        self.holders = held._replace(holds=0, owed=held.owed + held.holds)
+
+    def ensure(self) -> tuple[type[BaseException] | None, bool]:
+        """Make the step ``loaded`` (cleaning up a ``failed`` one first); (error, load ran)."""
+        if self.state is State.LOADED:
+            return None, False
+        if self.state is State.FAILED:
+            cleanup = self.call("unload")
+            if cleanup != "ok":
+                return _raised(cleanup, LoadError), False
+        return _raised(self.call("load"), LoadError), True
+
+
+def _raised(how: Behaviour, error: type[BaseException]) -> type[BaseException] | None:
+    if how == "ok":
+        return None
+    return error if how == "error" else KeyboardInterrupt
+
+
+def model_step(
+    state: State,
+    holders: Holders,
+    op: Op,
+    outcome: Outcome = _NO_FAULT,
+    *,
+    on_repeat: OnRepeat = "raise",
+) -> tuple[State, Holders, Result]:
+    """Apply ``op`` to a settled step: the reference model of DESIGN.md section 2.
+
+    Args:
+        state: the step's settled state (never ``loading``/``unloading``).
+        holders: its holder bookkeeping.
+        op: the operation (``unload_force`` is ``unload(force=True)``).
+        outcome: how the step's own load/unload code ends if it runs.
+        on_repeat: the step's ``on_repeat`` policy.
+
+    Returns:
+        ``(state', holders', result)``.
+
+    Raises:
+        ModelError: the table has no transition the operation needs (a model bug).
+    """
+    run = _Run(state, holders, outcome)
+    error: type[BaseException] | None = None
+    returned: bool | None = None
+    warning: type[Warning] | None = None
+    loaded = state is State.LOADED
+    if op == "load":
+        if not loaded:
+            error, _ = run.ensure()
+        elif on_repeat == "raise":
+            error = AlreadyLoadedError
+        elif on_repeat == "warn":
+            warning = RepeatedLoadWarning
+    elif op == "ensure_loaded":
+        error, ran = run.ensure()
+        returned = ran if error is None else None
+    elif op in ("unload", "unload_force"):
+        force = op == "unload_force"
+        if loaded and holders.holds and not force:
+            error = StepInUseError
+        elif state is not State.UNLOADED:
+            if force:
+                run.evict()
+            how = run.call("unload")
+            if loaded:
+                error = _raised(how, UnloadError)
+            elif how == "error":  # a failed clean-up keeps the first error and warns
+                warning = CleanupWarning
+            elif how == "interrupt":
+                error = KeyboardInterrupt
+    elif op in ("reload", "reload_force"):
+        if loaded and holders.holds and op == "reload":
+            error = StepInUseError
+        else:
+            acquired = holders.by_acquire  # holders keep their hold across a forced reload
+            if loaded:
+                error = _raised(run.call("unload"), UnloadError)
+            if error is None:
+                error, _ = run.ensure()
+            if error is None:  # ... and the last release still unloads what they loaded
+                run.holders = run.holders._replace(by_acquire=acquired and holders.holds > 0)
+    elif op == "acquire":
+        error, ran = run.ensure()
+        if error is None:
+            held = run.holders
+            run.holders = held._replace(holds=held.holds + 1, by_acquire=held.by_acquire or ran)
+    elif op == "release":
+        held = run.holders
+        if held.holds:
+            run.holders = held = held._replace(holds=held.holds - 1)
+            if not held.holds and held.by_acquire and loaded:
+                error = _raised(run.call("unload"), UnloadError)
+        elif held.owed:
+            run.holders = held._replace(owed=held.owed - 1)
+        else:
+            error = StepStateError
+    elif op == "use":
+        if state is State.UNLOADED:
+            error = NotLoadedError
+        elif state is State.FAILED:
+            error = StepFailedError
+    elif op != "copy":
+        raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(OPS)}")
+    return run.state, run.holders, Result(error, returned, tuple(run.ran), warning)
+
+
+def candidates(
+    config: Config, op: Op, *, on_repeat: OnRepeat = "raise", outcome: Outcome | None = None
+) -> list[tuple[Outcome, Config, Result]]:
+    """Every distinct ``(outcome, config', result)`` of ``op`` from ``config``.
+
+    With ``outcome`` given, only that one; otherwise one entry per distinct
+    behaviour (outcomes whose code never runs collapse into one).
+    """
+    seen: set[tuple[Config, Result]] = set()
+    found: list[tuple[Outcome, Config, Result]] = []
+    for each in OUTCOMES if outcome is None else (outcome,):
+        state, holders, result = model_step(
+            config.state, config.holders, op, each, on_repeat=on_repeat
+        )
+        after = Config(state, holders)
+        if (after, result) not in seen:
+            seen.add((after, result))
+            found.append((each, after, result))
+    return found
+
+
+# ------------------------------------------------------ observing real calls
+
+
+class Observed(NamedTuple):
+    """What one real call did.
+
+    Attributes:
+        error: the exception it raised, or ``None``.
+        returned: what it returned (compared only for ``ensure_loaded``).
+        warnings: the classes of the warnings it emitted.
+        ran: the step's own code that ran, with how each call ended
+            (``None`` when unknown).
+    """
+
+    error: BaseException | None
+    returned: object
+    warnings: tuple[type[Warning], ...] = ()
+    ran: Ran | None = None
+
+
+def _use(obj: object) -> object:
+    lifecycle(obj).require_loaded("use")
+    return None
+
+
+def perform(
+    obj: object,
+    op: Op,
+    *,
+    use: Callable[[object], object] = _use,
+    record_warnings: bool = True,
+) -> Observed:
+    """Run ``op`` on a real stateful object and return what happened (never raises).
+
+    ``load``/``unload`` go through the object's own wrapped methods, the
+    others through its :class:`~stepfsm.Lifecycle`; ``use`` calls ``use(obj)``.
+    Any exception the call raises, ``KeyboardInterrupt`` included, is returned.
+    """
+    lc = lifecycle(obj)
+    names = getattr(type(obj), "__stepfsm__", None)
+    error: BaseException | None = None
+    returned: object = None
+    with warnings.catch_warnings(record=True) as caught:
+        if record_warnings:
+            warnings.simplefilter("always")
+        try:
+            if op == "load":
+                getattr(obj, names.load if names else "load")()
+            elif op == "unload":
+                getattr(obj, names.unload if names else "unload")()
+            elif op == "unload_force":
+                lc.unload(force=True)
+            elif op == "ensure_loaded":
+                returned = lc.ensure_loaded()
+            elif op == "reload":
+                lc.reload()
+            elif op == "reload_force":
+                lc.reload(force=True)
+            elif op == "acquire":
+                lc.acquire()
+            elif op == "release":
+                lc.release()
+            elif op == "use":
+                use(obj)
+            elif op != "copy":
+                raise ValueError(f"unknown operation {op!r}")
+        except BaseException as raised:  # returned to the caller, which judges it
+            error = raised
+    return Observed(error, returned, tuple(w.category for w in caught))
+
+
+def _ran_from(records: Sequence[TransitionRecord]) -> Ran:
+    """The user calls a run of transition records shows (``begin_*`` then its end)."""
+    ran: list[tuple[Kind, Behaviour]] = []
+    kind: Kind | None = None
+    for record in records:
+        if record.trigger in ("begin_load", "begin_unload"):
+            kind = "load" if record.trigger == "begin_load" else "unload"
+        elif kind is not None:
+            how: Behaviour = "ok"
+            if record.trigger == "fail":
+                how = "error" if isinstance(record.error, Exception) else "interrupt"
+            ran.append((kind, how))
+            kind = None
+    return tuple(ran)
+
+
+def _new_records(lc_history: Sequence[TransitionRecord], mark: object) -> list[TransitionRecord]:
+    records = list(lc_history)
+    for index in range(len(records) - 1, -1, -1):
+        if records[index] is mark:
+            return records[index + 1 :]
+    return records
+
+
+def _name(error: type[BaseException] | None) -> str:
+    return "nothing" if error is None else error.__name__
+
+
+def mismatches(result: Result, op: Op, observed: Observed) -> list[str]:
+    """How a real call (``observed``) differs from the model's ``result``; empty when it matches.
+
+    Compares the error class, ``ensure_loaded()``'s return value, the
+    warnings (``DuplicateLoadWarning`` aside) and, when known, the step's own
+    code that ran.
+    """
+    problems: list[str] = []
+    got = type(observed.error) if observed.error is not None else None
+    if got is not result.error:
+        detail = f" ({observed.error})" if observed.error is not None else ""
+        problems.append(f"it raised {_name(got)}{detail}, expected {_name(result.error)}")
+    if op == "ensure_loaded" and result.error is None and observed.returned != result.returned:
+        problems.append(f"it returned {observed.returned!r}, expected {result.returned!r}")
+    warned = {w for w in observed.warnings if not issubclass(w, DuplicateLoadWarning)}
+    expected = {result.warning} if result.warning is not None else set()
+    if warned != expected:
+        shown = ", ".join(sorted(w.__name__ for w in warned)) or "none"
+        problems.append(f"it warned {shown}, expected {_name(result.warning)}")
+    if observed.ran is not None and observed.ran != result.ran:
+        problems.append(
+            f"the step's own code ran {_calls(observed.ran)}, expected {_calls(result.ran)}"
+        )
+    return problems
+
+
+def _calls(ran: Ran) -> str:
+    if not ran:
+        return "not at all"
+    return "[" + ", ".join(kind + ("" if how == "ok" else f" ({how})") for kind, how in ran) + "]"
+
+
+# -------------------------------------------------------------- linearizing
+
+
+@dataclass(frozen=True)
+class Call:
+    """One completed call in a concurrent history.
+
+    ``invoked`` and ``responded`` come from one shared counter, so a call
+    that responded before another was invoked must come first in any order.
+    """
+
+    op: Op
+    invoked: int
+    responded: int
+    observed: Observed
+    outcome: Outcome | None = None
+    label: str = ""
+
+    def successors(self, config: Config, on_repeat: OnRepeat) -> list[Config]:
+        """The configurations this call can leave ``config`` in, given what it observed."""
+        observed = self.observed._replace(warnings=())
+        return [
+            after
+            for _, after, result in candidates(
+                config, self.op, on_repeat=on_repeat, outcome=self.outcome
+            )
+            if not mismatches(result._replace(warning=None), self.op, observed)
+        ]
+
+
+def linearize(
+    start: Config,
+    calls: Sequence[Call],
+    *,
+    on_repeat: OnRepeat = "raise",
+    accept: Callable[[Config], bool] | None = None,
+) -> list[tuple[Call, Config]] | None:
+    """Find a sequential order of ``calls`` that the model agrees with.
+
+    The order must respect real time (a call that responded before another
+    was invoked comes first), give every call the result it observed, and
+    end in a configuration ``accept`` agrees with. Warnings are not compared
+    (threads share the warning machinery).
+
+    Returns:
+        The calls in that order, each with the configuration after it, or
+        ``None`` when no such order exists (the history is not linearizable).
+    """
+    count = len(calls)
+    full = (1 << count) - 1
+    dead: set[tuple[int, Config]] = set()
+    path: list[tuple[Call, Config]] = []
+
+    def search(done: int, config: Config) -> bool:
+        if done == full:
+            return accept is None or accept(config)
+        if (done, config) in dead:
+            return False
+        pending = [i for i in range(count) if not done >> i & 1]
+        first_response = min(calls[i].responded for i in pending)
+        for i in pending:
+            call = calls[i]
+            if call.invoked > first_response:
+                continue  # a pending call had already returned before this one began
+            for after in call.successors(config, on_repeat):
+                path.append((call, after))
+                if search(done | 1 << i, after):
+                    return True
+                path.pop()
+        dead.add((done, config))
+        return False
+
+    return path if search(0, start) else None
+
+
+# ------------------------------------------------------------- the machine
+
+#: Rule argument that picks one of the machine's live objects (taken modulo their number).
+STEP: Final = st.integers(min_value=0, max_value=7)
+
+_COPIES: Final = ("copy.copy", "copy.deepcopy", "pickle")
+_CONCURRENT_OPS: Final[tuple[Op, ...]] = (
+    "load",
+    "ensure_loaded",
+    "unload",
+    "reload",
+    "acquire",
+    "release",
+    "use",
+)
+_LOADS: Final = frozenset({"load", "ensure_loaded", "reload", "reload_force", "acquire"})
+_UNLOADS: Final = frozenset({"unload", "unload_force", "reload", "reload_force", "release"})
+
+
+@dataclass
+class Tracked:
+    """One object the machine drives, with what the model expects of it."""
+
+    obj: Any
+    name: str
+    config: Config = field(default_factory=Config)
+    on_repeat: OnRepeat = "raise"
+    origin: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    """A hypothesis state machine that checks a stateful class against the model.
+
+    Subclass it, define :meth:`make` and :meth:`is_held`, add rules of your
+    own if you like, and make it a test with ``TestMine = Mine.TestCase``::
+
+        class MyLLMLifecycle(LifecycleMachine):
+            def make(self):
+                return MyLLM(model="tiny")
+
+            def is_held(self, obj):
+                return obj.model is not None
+
+            @rule(step=STEP)
+            def generate(self, step):
+                llm = self.instance(step)
+                if stepfsm.is_loaded(llm):
+                    assert llm.generate("hi")
+
+        TestMyLLMLifecycle = MyLLMLifecycle.TestCase
+
+    After every rule it checks each object: its state and holders are the
+    model's, and its resource is held when it is ``loaded`` and not when it
+    is ``unloaded`` (a ``failed`` step may still hold part of it). Each call's
+    error class, return value, warnings and the load/unload code it ran are
+    compared with the model as it happens, and a refused call must change
+    nothing.
+    """
+
+    #: How many objects :meth:`make` creates at most (copies come on top).
+    max_instances: ClassVar[int] = 3
+    #: Threads in the concurrent rule (fewer than 2 turns the rule off).
+    threads: ClassVar[int] = 2
+    #: How the step's own code behaves in the plain rules (``None``: not known,
+    #: any behaviour the model allows is accepted and then tracked).
+    default_outcome: ClassVar[Outcome | None] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracked: list[Tracked] = []
+        self.log: list[str] = []
+        self._names = itertools.count()
+        self._picklable: bool | None = None
+        self._last: tuple[Tracked | None, str] = (None, "")
+
+    # ------------------------------------------------------------ to override
+
+    def make(self) -> Any:
+        """Return a fresh, unloaded stateful object."""
+        raise NotImplementedError("subclass LifecycleMachine and define make(self)")
+
+    def is_held(self, obj: Any) -> bool:
+        """Whether ``obj``'s resource is held right now."""
+        raise NotImplementedError("subclass LifecycleMachine and define is_held(self, obj)")
+
+    def use(self, obj: Any) -> object:
+        """A use of the loaded step (default: ``lifecycle(obj).require_loaded()``)."""
+        return _use(obj)
+
+    def observed_calls(self, tracked: Tracked, thread: int) -> Ran | None:
+        """The step's own code that ran on ``thread`` in the last call (``None``: use history)."""
+        return None
+
+    def expected_held(self, tracked: Tracked) -> bool | None:
+        """Whether the resource must be held now (``None``: either is fine)."""
+        state = tracked.config.state
+        if state is State.FAILED:
+            return None
+        return state is State.LOADED
+
+    def before_call(self, tracked: Tracked, op: Op, outcome: Outcome | None) -> None:
+        """Called just before each call (a hook for fault injection)."""
+
+    # ------------------------------------------------------------- helpers
+
+    def instance(self, step: int) -> Any:
+        """The object a rule's ``step`` argument picks."""
+        return self._pick(step).obj
+
+    @property
+    def instances(self) -> tuple[Any, ...]:
+        """Every live object the machine drives, oldest first."""
+        return tuple(t.obj for t in self.tracked)
+
+    def _pick(self, step: int) -> Tracked:
+        return self.tracked[step % len(self.tracked)]
+
+    def _add(self, obj: Any, origin: str | None) -> Tracked:
+        if not is_stateful(obj):
+            raise TypeError(
+                f"make()/factory() returned {type(obj).__qualname__}, which is not stateful: "
+                "decorate its class with @stepfsm.stateful or inherit stepfsm.Stateful."
+            )
+        tracked = Tracked(obj, f"s{next(self._names)}", origin=origin)
+        self.tracked.append(tracked)
+        return tracked
+
+    def _fail(self, message: str) -> NoReturn:
+        raise AssertionError(f"after [{', '.join(self.log)}] {message}")
+
+    def perform(self, step: int, op: Op, outcome: Outcome | None = None, note: str = "") -> Result:
+        """Run ``op`` on the object ``step`` picks and check it against the model.
+
+        Returns the model's result for the call.
+        """
+        tracked = self._pick(step)
+        obj = tracked.obj
+        lc = lifecycle(obj)
+        before = tracked.config
+        history = lc.history
+        mark = history[-1] if history else None
+        self.before_call(tracked, op, outcome)
+        observed = perform(obj, op, use=self.use)
+        if isinstance(observed.error, KeyboardInterrupt) and (
+            outcome is None or "interrupt" not in outcome
+        ):
+            raise observed.error  # a real Ctrl-C, not a planned one: stop the test run
+        ran = self.observed_calls(tracked, threading.get_ident())
+        if ran is None:
+            ran = _ran_from(_new_records(lc.history, mark))
+        observed = observed._replace(ran=ran)
+        tracked.data["was_failed"] = before.state is State.FAILED
+        call = _format_call(tracked.name, op)
+        got = type(observed.error).__name__ if observed.error is not None else None
+        shown = f" -> {got}" if got else f" -> {observed.returned}" if op == "ensure_loaded" else ""
+        self.log.append(f"{call}{note}{shown}")
+        self._last = (tracked, op)
+        options = candidates(before, op, on_repeat=tracked.on_repeat, outcome=outcome)
+        problems: list[str] = []
+        for _, after, result in options:
+            mismatch = mismatches(result, op, observed)
+            if lc.state is not after.state:
+                mismatch.append(f"the step is '{lc.state.value}', expected '{after.state.value}'")
+            if len(lc.holders) != after.holders.holds:
+                mismatch.append(f"it has {len(lc.holders)} holders, expected {after.holders.holds}")
+            if not mismatch:
+                tracked.config = after
+                self._check_call(tracked, before, op, observed, result, history, mark)
+                return result
+            problems.append("; ".join(mismatch))
+        _, _, nearest = options[0]
+        self._fail(
+            f"{call} broke the lifecycle contract (DESIGN.md section 2) from state "
+            f"'{before.state.value}' with {before.holders.holds} holders: {problems[0]}."
+            + ("" if nearest.error is None else f" Expected {nearest.error.__name__}.")
+        )
+
+    def _check_call(
+        self,
+        tracked: Tracked,
+        before: Config,
+        op: Op,
+        observed: Observed,
+        result: Result,
+        history: Sequence[TransitionRecord],
+        mark: object,
+    ) -> None:
+        error = observed.error
+        call = _format_call(tracked.name, op)
+        lc = lifecycle(tracked.obj)
+        if isinstance(error, StepStateError):
+            if error.state is not before.state:
+                self._fail(
+                    f"{call} raised {type(error).__name__} with .state '{error.state}', "
+                    f"but the step was '{before.state.value}'."
+                )
+            if _new_records(lc.history, mark):
+                self._fail(f"{call} was refused ({type(error).__name__}) but changed the state.")
+        if isinstance(error, TransitionError):
+            cause = error.__cause__
+            if cause is None or type(cause).__name__ not in str(error):
+                self._fail(
+                    f"{call} raised {type(error).__name__} that does not name its cause "
+                    f"(__cause__={cause!r}): it must be chained (raise ... from) to the "
+                    "step's own exception and include its type in the message."
+                )
+            if lc.state is State.FAILED and lc.error is None:
+                self._fail(f"{call} left the step 'failed' without lifecycle.error.")
+
+    # --------------------------------------------------------------- rules
+
+    @initialize()
+    def first_instance(self) -> None:
+        """Start with one fresh object."""
+        self._add(self.make(), None)
+        self.log.append(f"{self.tracked[-1].name} = factory()")
+        self._last = (self.tracked[-1], "make")
+
+    @precondition(lambda self: len(self.tracked) < self.max_instances)
+    @rule()
+    def another_instance(self) -> None:
+        """Make one more fresh object of the same class."""
+        self._add(self.make(), None)
+        self.log.append(f"{self.tracked[-1].name} = factory()")
+        self._last = (self.tracked[-1], "make")
+
+    @rule(step=STEP)
+    def load(self, step: int) -> None:
+        """``obj.load()``."""
+        self.perform(step, "load", self.default_outcome)
+
+    @rule(step=STEP)
+    def ensure_loaded(self, step: int) -> None:
+        """``lifecycle(obj).ensure_loaded()``."""
+        self.perform(step, "ensure_loaded", self.default_outcome)
+
+    @rule(step=STEP, force=st.booleans())
+    def unload(self, step: int, force: bool) -> None:
+        """``obj.unload()`` or ``lifecycle(obj).unload(force=True)``."""
+        self.perform(step, "unload_force" if force else "unload", self.default_outcome)
+
+    @rule(step=STEP, force=st.booleans())
+    def reload(self, step: int, force: bool) -> None:
+        """``lifecycle(obj).reload(force=...)``."""
+        self.perform(step, "reload_force" if force else "reload", self.default_outcome)
+
+    @rule(step=STEP)
+    def acquire(self, step: int) -> None:
+        """``lifecycle(obj).acquire()``."""
+        self.perform(step, "acquire", self.default_outcome)
+
+    @rule(step=STEP)
+    def release(self, step: int) -> None:
+        """``lifecycle(obj).release()``."""
+        self.perform(step, "release", self.default_outcome)
+
+    @rule(step=STEP)
+    def use_step(self, step: int) -> None:
+        """A guarded use of the step (:meth:`use`)."""
+        self.perform(step, "use", self.default_outcome)
+
+    @rule(step=STEP, policy=st.sampled_from(("raise", "warn", "ignore")))
+    def set_on_repeat(self, step: int, policy: OnRepeat) -> None:
+        """Set the instance's ``on_repeat`` policy."""
+        tracked = self._pick(step)
+        lifecycle(tracked.obj).on_repeat = policy
+        tracked.on_repeat = policy
+        self.log.append(f"{tracked.name}.on_repeat = {policy!r}")
+        self._last = (tracked, "policy")
+
+    @precondition(lambda self: len(self.tracked) < self.max_instances + 2)
+    @rule(step=STEP, how=st.sampled_from(_COPIES))
+    def copy_instance(self, step: int, how: str) -> None:
+        """Copy, deep-copy or pickle an object; the copy starts unloaded and holds nothing."""
+        source = self._pick(step)
+        if how == "pickle" and not self._can_pickle(source.obj):
+            return
+        before = source.config
+        text = "pickle.loads(pickle.dumps({}))" if how == "pickle" else how + "({})"
+        new_name = f"s{next(self._names)}"
+        self.log.append(f"{new_name} = {text.format(source.name)}")
+        try:
+            if how == "copy.copy":
+                obj = _copy.copy(source.obj)
+            elif how == "copy.deepcopy":
+                obj = _copy.deepcopy(source.obj)
+            else:
+                obj = pickle.loads(pickle.dumps(source.obj))
+        except Exception as error:
+            self._fail(
+                f"{text.format(source.name)} raised {type(error).__name__}: {error} while "
+                f"{source.name} was '{before.state.value}' (a fresh object copies fine): "
+                "copies and pickles must work in every state (DESIGN.md section 5)."
+            )
+        copied = Tracked(obj, new_name, origin=f"{text.format(source.name)}")
+        self.tracked.append(copied)
+        self._last = (copied, "copy")
+        lc = lifecycle(obj)
+        if lc.state is not State.UNLOADED or lc.holders:
+            self._fail(
+                f"the copy {new_name} is '{lc.state.value}' with holders {lc.holders}: copies "
+                "and pickles start 'unloaded' with no holders (DESIGN.md section 5)."
+            )
+
+    def _can_pickle(self, obj: Any) -> bool:
+        if self._picklable is None:
+            try:
+                pickle.dumps(self.make())
+            except Exception:
+                self._picklable = False
+            else:
+                self._picklable = True
+        return self._picklable
+
+    @precondition(lambda self: self.threads >= 2)
+    @rule(step=STEP, ops=st.lists(st.sampled_from(_CONCURRENT_OPS), min_size=2, max_size=4))
+    def concurrently(self, step: int, ops: list[Op]) -> None:
+        """Run one operation per thread on the same object at once; the history must linearize."""
+        tracked = self._pick(step)
+        ops = ops[: self.threads]
+        obj = tracked.obj
+        lc = lifecycle(obj)
+        start = tracked.config
+        mark = lc.history[-1] if lc.history else None
+        clock = itertools.count()
+        barrier = threading.Barrier(len(ops))
+        calls: list[Call | None] = [None] * len(ops)
+        idents: list[int] = [0] * len(ops)
+        for op in ops:
+            self.before_call(tracked, op, self.default_outcome)
+
+        def body(index: int) -> None:
+            op = ops[index]
+            idents[index] = threading.get_ident()
+            barrier.wait()
+            invoked = next(clock)
+            observed = perform(obj, op, use=self.use, record_warnings=False)
+            responded = next(clock)
+            calls[index] = Call(op, invoked, responded, observed, self.default_outcome)
+
+        texts = ", ".join(_format_call(tracked.name, op) for op in ops)
+        self.log.append(f"at once in {len(ops)} threads: [{texts}]")
+        self._last = (tracked, "threads")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DuplicateLoadWarning)
+            warnings.simplefilter("ignore", RepeatedLoadWarning)
+            warnings.simplefilter("ignore", CleanupWarning)
+            _run_threads(len(ops), body)
+        records = _new_records(lc.history, mark)
+        done: list[Call] = []
+        for index, call in enumerate(calls):
+            assert call is not None
+            ran = self.observed_calls(tracked, idents[index])
+            if ran is None:
+                ran = _ran_from([r for r in records if r.thread == idents[index]])
+            done.append(
+                Call(
+                    call.op,
+                    call.invoked,
+                    call.responded,
+                    call.observed._replace(ran=ran),
+                    call.outcome,
+                    _format_call(tracked.name, call.op),
+                )
+            )
+            error = call.observed.error
+            if isinstance(error, KeyboardInterrupt) and self.default_outcome is None:
+                raise error
+        holders = len(lc.holders)
+        order = linearize(
+            start,
+            done,
+            on_repeat=tracked.on_repeat,
+            accept=lambda c: c.state is lc.state and c.holders.holds == holders,
+        )
+        if order is None:
+            results = ", ".join(
+                f"{c.label} -> {type(c.observed.error).__name__ if c.observed.error else 'ok'}"
+                for c in done
+            )
+            self._fail(
+                f"the threads' results [{results}] (ending '{lc.state.value}' with {holders} "
+                "holders) match no sequential order of those calls: the lifecycle is not "
+                "linearizable (DESIGN.md section 2, 'wait')."
+            )
+        tracked.config = order[-1][1]
+
+    # ----------------------------------------------------------- invariants
+
+    @invariant()
+    def every_instance_matches_the_model(self) -> None:
+        """Each object's state and holders are the model's, and it holds what its state says."""
+        for tracked in self.tracked:
+            lc = lifecycle(tracked.obj)
+            if lc.state is not tracked.config.state:
+                self._fail(
+                    f"{tracked.name} is '{lc.state.value}', expected "
+                    f"'{tracked.config.state.value}'{self._because(tracked)}."
+                )
+            if len(lc.holders) != tracked.config.holders.holds:
+                self._fail(
+                    f"{tracked.name} has {len(lc.holders)} holders, expected "
+                    f"{tracked.config.holders.holds}{self._because(tracked)}."
+                )
+            expected = self.expected_held(tracked)
+            held = bool(self.is_held(tracked.obj))
+            if expected is not None and held is not expected:
+                self._fail(self._held_message(tracked, held))
+
+    def _because(self, tracked: Tracked) -> str:
+        last, op = self._last
+        if last is None or last is tracked:
+            return ""
+        return f": {last.name}'s {op} changed it"
+
+    def _held_message(self, tracked: Tracked, held: bool) -> str:
+        state = tracked.config.state.value
+        last, op = self._last
+        if held:
+            head = f"{tracked.name} is '{state}' but its resource is still held: "
+            if last is tracked and op == "copy":
+                why = (
+                    f"the copy ({tracked.origin}) carries the original's live resource; "
+                    "copies and pickles must start unloaded and hold nothing (DESIGN.md "
+                    "section 5)"
+                )
+            elif last is tracked and op == "make":
+                why = "a fresh object already holds it; factory() must return an unloaded object"
+            elif last is tracked and op in _UNLOADS:
+                if tracked.data.get("was_failed"):
+                    why = (
+                        "the clean-up (unload) of a failed load does not release what that "
+                        "load acquired"
+                    )
+                else:
+                    why = "unload() does not release it (or not all of it)"
+            elif last is not None and last is not tracked:
+                why = (
+                    f"{last.name}'s {op} acquired it: the instances share one resource "
+                    "instead of each holding its own"
+                )
+            else:
+                why = f"{op} left it held"
+            return head + why + "."
+        head = f"{tracked.name} is '{state}' but its resource is not held: "
+        if last is tracked and op in _LOADS:
+            why = "load() does not acquire it"
+        elif last is not None and last is not tracked:
+            why = (
+                f"{last.name}'s {op} released it: the instances share one resource, so one's "
+                "unload frees another's"
+            )
+        elif last is tracked and op == "copy":
+            why = "copying it released the original's resource"
+        else:
+            why = f"{op} released it"
+        return head + why + "."
+
+    def teardown(self) -> None:
+        """Unload everything (forced) so no resource outlives the example."""
+        for tracked in self.tracked:
+            self.before_call(tracked, "unload_force", Outcome())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with contextlib.suppress(Exception):
+                    lifecycle(tracked.obj).unload(force=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _format_call(name: str, op: Op) -> str:
+    if op == "unload_force":
+        return f"{name}.unload(force=True)"
+    if op == "reload_force":
+        return f"{name}.reload(force=True)"
+    return f"{name}.{op}()"
+
+
+def _run_threads(count: int, body: Callable[[int], None], timeout: float = 60.0) -> None:
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            body(index)
+        except BaseException as error:  # reported below, in the calling thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: more interleavings, less idle time
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout)
+    finally:
+        sys.setswitchinterval(interval)
+    if any(thread.is_alive() for thread in threads):
+        raise AssertionError(
+            f"threads were still running after {timeout:g} s: a deadlock in the lifecycle?"
+        )
+    if errors:
+        raise errors[0]
+
+
+def check_lifecycle(
+    factory: Callable[[], Any],
+    *,
+    is_held: Callable[[Any], bool],
+    max_examples: int = 200,
+    threads: int = 2,
+) -> None:
+    """Check that a stateful class keeps the stepfsm lifecycle contract.
+
+    Runs :class:`LifecycleMachine` against objects made by ``factory``
+    (several instances, their copies and pickles, and ``threads`` threads at
+    once on one object). It finds, among others: an unload that does not
+    release the resource (fully or partly), a load that does not acquire it,
+    instances sharing a resource so that one's unload frees another's, copies
+    or pickles that share the original's live resource, and a failed load
+    whose clean-up does not release what it acquired. A class whose load
+    fails cleanly passes.
+
+    Example::
+
+        def test_my_llm_lifecycle():
+            check_lifecycle(MyLLM, is_held=lambda llm: llm.model is not None)
+
+    Args:
+        factory: makes a fresh, unloaded stateful object (a class decorated
+            with ``@stepfsm.stateful``, a distilabel LLM after ``install()``, ...).
+        is_held: says whether that object's resource is held right now.
+        max_examples: how many random sequences to try.
+        threads: threads in the concurrent rule (below 2: no threads).
+
+    Raises:
+        AssertionError: the shortest failing sequence hypothesis found, and
+            which rule it broke.
+        TypeError: ``factory()`` does not return a stateful object.
+    """
+    if not callable(factory) or not callable(is_held):
+        raise TypeError("check_lifecycle(factory, is_held=...) needs two callables")
+
+    class CheckLifecycle(LifecycleMachine):
+        def make(self) -> Any:
+            return factory()
+
+        def is_held(self, obj: Any) -> bool:
+            return is_held(obj)
+
+    CheckLifecycle.threads = threads
+    CheckLifecycle.__qualname__ = CheckLifecycle.__name__ = (
+        f"CheckLifecycle[{getattr(factory, '__qualname__', repr(factory))}]"
+    )
+    run_state_machine_as_test(
+        CheckLifecycle,
+        settings=settings(
+            max_examples=max_examples,
+            deadline=None,
+            report_multiple_bugs=False,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )

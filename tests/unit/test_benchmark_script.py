@@ -1,0 +1,77 @@
+"""Smoke tests of ``benchmarks/bench_lifecycle.py``: it runs and prints every row (no timings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_lifecycle.py"
+
+ROWS = (
+    "stepfsm ",
+    "stepfsm, 7 others loaded",
+    "transitions.Machine",
+    "transitions shared Machine",
+    "transitions LockedMachine",
+    "python-statemachine",
+    "Automat TypeMachine",
+    "lock+flag (floor)",
+    "plain call (no guard)",
+    "*args/**kwargs wrapper",
+    "exact-signature wrapper",
+)
+TARGETS = (
+    "cycle vs transitions.Machine",
+    "cycle vs LockedMachine",
+    "guarded call vs plain call",
+    "bytes per loaded instance",
+    "import stepfsm vs transitions",
+)
+ARGS = ("--quick", "--others", "7", "--instances", "50")
+
+# Runs the script as __main__ with the optional peers made unimportable.
+WITHOUT_PEERS = """
+import runpy, sys
+sys.modules["statemachine"] = None
+sys.modules["automat"] = None
+sys.argv = sys.argv[1:]  # [script, *args]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run(*command: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _check(lines: list[str]) -> None:
+    for label in ROWS:
+        assert any(line.startswith(label) for line in lines), f"no row {label!r}:\n" + "\n".join(
+            lines
+        )
+    for name in TARGETS:
+        row = next((line for line in lines if line.strip().startswith(name)), "")
+        assert " PASS" in row or " MISS" in row, f"no target {name!r} with a verdict: {row!r}"
+
+
+def test_quick_run_prints_every_row_and_target() -> None:
+    """A ``--quick`` run exits 0 and prints every table row and every target with a verdict."""
+    _check(_run(str(SCRIPT), *ARGS))
+
+
+def test_missing_optional_peers_are_reported_not_fatal() -> None:
+    """Without python-statemachine and Automat the run still completes and says they are missing."""
+    lines = _run("-c", WITHOUT_PEERS, str(SCRIPT), *ARGS)
+    _check(lines)
+    for label in ("python-statemachine", "Automat TypeMachine"):
+        row = next(line for line in lines if line.startswith(label))
+        assert row.endswith("not installed"), row
