@@ -37,6 +37,21 @@ class _Settings:
 
 
 SETTINGS: Final = _Settings()
+
+
+class Layer:
+    """Policies shared by a family of classes (an integration), between class and global.
+
+    ``None`` means "not set here".
+    """
+
+    __slots__ = ("on_repeat", "on_unloaded_use")
+
+    def __init__(self) -> None:
+        self.on_repeat: OnRepeat | None = None
+        self.on_unloaded_use: OnUnloadedUse | None = None
+
+
 #: Process-wide listeners; replaced (never mutated) so readers need no lock.
 LISTENERS: list[Listener] = []
 

@@ -61,6 +61,22 @@ __all__ = ["Lifecycle", "TransitionRecord", "lifecycle"]
 log: Final = logging.getLogger("stepfsm")
 log.addHandler(logging.NullHandler())  # a library never prints by itself
 
+
+class _QuietEngine(logging.Filter):
+    """Drop ``transitions``' own records about stepfsm's machine.
+
+    ``transitions`` logs every state entry/exit at INFO; stepfsm logs its
+    transitions itself (logger ``stepfsm``), so those records are noise (and
+    distilabel turns INFO on). Records of the user's own machines pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and args[0] == "stepfsm: ")
+
+
+logging.getLogger("transitions.core").addFilter(_QuietEngine())
+
 # The engine works on plain string states (the State values): transitions' enum
 # support costs ~7% per trigger. The machine's attribute is ``Lifecycle._fsm``;
 # ``Lifecycle._state`` mirrors it as the ``State`` member after every trigger.
@@ -307,7 +323,13 @@ class Lifecycle:
 
         Setting ``None`` goes back to the class/global setting.
         """
-        return self._on_repeat or self._cfg.on_repeat or _settings.SETTINGS.on_repeat
+        cfg = self._cfg
+        return (
+            self._on_repeat
+            or cfg.on_repeat
+            or (cfg.layer and cfg.layer.on_repeat)
+            or _settings.SETTINGS.on_repeat
+        )
 
     @on_repeat.setter
     def on_repeat(self, value: OnRepeat | None) -> None:
@@ -318,8 +340,12 @@ class Lifecycle:
     @property
     def on_unloaded_use(self) -> OnUnloadedUse:
         """What a guarded call on a step that is not loaded does (instance setting wins)."""
+        cfg = self._cfg
         return (
-            self._on_unloaded_use or self._cfg.on_unloaded_use or _settings.SETTINGS.on_unloaded_use
+            self._on_unloaded_use
+            or cfg.on_unloaded_use
+            or (cfg.layer and cfg.layer.on_unloaded_use)
+            or _settings.SETTINGS.on_unloaded_use
         )
 
     @on_unloaded_use.setter
@@ -401,10 +427,12 @@ class Lifecycle:
                 return self._acquire(parent._hold_key, parent.name, parent)
         if self._state is _LOADED:
             return False
-        with self._lock:
-            ran = self._ensure("ensure_loaded")
-        if self._outbox:
-            self._deliver()
+        try:
+            with self._lock:
+                ran = self._ensure("ensure_loaded")
+        finally:
+            if self._outbox:
+                self._deliver()
         return ran
 
     def reload(self, force: bool = False) -> None:
@@ -419,19 +447,21 @@ class Lifecycle:
             UnloadError: the unload before the load raised.
             TransitionInProgressError: see :meth:`load`.
         """
-        with self._lock:
-            state = self._state
-            if state is _LOADING or state is _UNLOADING:
-                state = self._settle("reload")
-            acquired = self._acquired_load  # holders keep their hold across a reload
-            if state is _LOADED:
-                if self._holds and not force:
-                    raise self._in_use("reload")
-                self._unload_now("reload", force=False, keep_holds=True)
-            self._ensure("reload")
-            self._acquired_load = acquired and bool(self._holds)
-        if self._outbox:
-            self._deliver()
+        try:
+            with self._lock:
+                state = self._state
+                if state is _LOADING or state is _UNLOADING:
+                    state = self._settle("reload")
+                acquired = self._acquired_load  # holders keep their hold across a reload
+                if state is _LOADED:
+                    if self._holds and not force:
+                        raise self._in_use("reload")
+                    self._unload_now("reload", force=False, keep_holds=True)
+                self._ensure("reload")
+                self._acquired_load = acquired and bool(self._holds)
+        finally:
+            if self._outbox:
+                self._deliver()
 
     def acquire(self, holder: object = None) -> None:
         """Take a hold on the step, loading it first if needed.
@@ -460,29 +490,31 @@ class Lifecycle:
             StepStateError: no hold by ``holder`` exists.
             UnloadError: the unload after the last release raised.
         """
-        with self._lock:
-            for index in range(len(self._holds) - 1, -1, -1):
-                if self._holds[index].key is holder:
-                    del self._holds[index]
-                    break
-            else:
-                owed = self._evicted.get(id(holder), 0) if self._evicted else 0
-                if owed:
-                    assert self._evicted is not None
-                    self._evicted[id(holder)] = owed - 1
-                    return
-                raise StepStateError(
-                    f"{self.name} has no hold by {self._label(holder)} to release "
-                    f"(holders: {', '.join(self.holders) or 'none'}). Call release() once "
-                    "per acquire(), with the same holder.",
-                    step=self.name,
-                    state=self._state,
-                    operation="release",
-                )
-            if not self._holds and self._acquired_load and self._state is _LOADED:
-                self._unload_now("release", force=False, keep_holds=False)
-        if self._outbox:
-            self._deliver()
+        try:
+            with self._lock:
+                for index in range(len(self._holds) - 1, -1, -1):
+                    if self._holds[index].key is holder:
+                        del self._holds[index]
+                        break
+                else:
+                    owed = self._evicted.get(id(holder), 0) if self._evicted else 0
+                    if owed:
+                        assert self._evicted is not None
+                        self._evicted[id(holder)] = owed - 1
+                        return
+                    raise StepStateError(
+                        f"{self.name} has no hold by {self._label(holder)} to release "
+                        f"(holders: {', '.join(self.holders) or 'none'}). Call release() once "
+                        "per acquire(), with the same holder.",
+                        step=self.name,
+                        state=self._state,
+                        operation="release",
+                    )
+                if not self._holds and self._acquired_load and self._state is _LOADED:
+                    self._unload_now("release", force=False, keep_holds=False)
+        finally:
+            if self._outbox:
+                self._deliver()
 
     @contextlib.contextmanager
     def loaded(self) -> Iterator[Any]:
@@ -508,16 +540,16 @@ class Lifecycle:
             StepFailedError: the step is ``failed`` (same policy).
             TransitionInProgressError: a wait exceeded ``timeout``.
         """
-        state = self._state
-        if state is _LOADED or self._thread == _get_ident():
+        if self._state is _LOADED or self._thread == _get_ident():
             return
-        if state is _LOADING or state is _UNLOADING:
-            with self._lock:
-                state = self._state
-                if state is _LOADING or state is _UNLOADING:
-                    state = self._settle(operation)
-            if state is _LOADED:
-                return
+        # Read again under the lock: without it, a compound operation such as
+        # reload() can be seen between its unload and its load ('unloaded').
+        with self._lock:
+            state: State = self._state
+            if state is _LOADING or state is _UNLOADING:
+                state = self._settle(operation)
+        if state is _LOADED:
+            return
         policy = self.on_unloaded_use
         if policy == "ignore":
             return
@@ -560,27 +592,29 @@ class Lifecycle:
             if parent is not None:
                 self._acquire(parent._hold_key, parent.name, parent)
                 return None
-        with self._lock:
-            while True:
-                state = self._state
-                if state is _LOADING or state is _UNLOADING:
-                    state = self._settle("load")
-                if state is not _LOADED:
-                    self._ensure("load", fn, args, kwargs)
-                    break
-                policy = self.on_repeat
-                if policy == "raise":
-                    raise AlreadyLoadedError(self.name, self._since, self._load_s)
-                if policy == "warn":
-                    _warn(
-                        RepeatedLoadWarning(
-                            f"{self.name} is already loaded; load() did nothing. Use "
-                            "ensure_loaded() to say that on purpose, or reload() to load again."
+        try:
+            with self._lock:
+                while True:
+                    state = self._state
+                    if state is _LOADING or state is _UNLOADING:
+                        state = self._settle("load")
+                    if state is not _LOADED:
+                        self._ensure("load", fn, args, kwargs)
+                        break
+                    policy = self.on_repeat
+                    if policy == "raise":
+                        raise AlreadyLoadedError(self.name, self._since, self._load_s)
+                    if policy == "warn":
+                        _warn(
+                            RepeatedLoadWarning(
+                                f"{self.name} is already loaded; load() did nothing. Use "
+                                "ensure_loaded() to say that on purpose, or reload() to load again."
+                            )
                         )
-                    )
-                break
-        if self._outbox:
-            self._deliver()
+                    break
+        finally:
+            if self._outbox:
+                self._deliver()
         return None
 
     def call_unload(
@@ -599,20 +633,22 @@ class Lifecycle:
                 if owned:
                     self.release(key)  # the parent's unload lets go of what its load took
                     return None
-        with self._lock:
-            state = self._state
-            if state is _LOADING or state is _UNLOADING:
-                state = self._settle("unload")
-            if state is _LOADED:
-                if self._holds and not force:
-                    raise self._in_use("unload")
-                self._unload_now("unload", force, keep_holds=False, fn=fn, args=args, kw=kwargs)
-            elif state is _FAILED:
-                if force:
-                    self._evict()
-                self._cleanup("unload", fn, args, kwargs)
-        if self._outbox:
-            self._deliver()
+        try:
+            with self._lock:
+                state = self._state
+                if state is _LOADING or state is _UNLOADING:
+                    state = self._settle("unload")
+                if state is _LOADED:
+                    if self._holds and not force:
+                        raise self._in_use("unload")
+                    self._unload_now("unload", force, keep_holds=False, fn=fn, args=args, kw=kwargs)
+                elif state is _FAILED:
+                    if force:
+                        self._evict()
+                    self._cleanup("unload", fn, args, kwargs)
+        finally:
+            if self._outbox:
+                self._deliver()
         return None
 
     def guard(self, operation: str) -> None:
@@ -631,11 +667,15 @@ class Lifecycle:
     def _acquire(self, holder: object, label: str, parent: Lifecycle | None = None) -> bool:
         if self._thread == _get_ident():
             raise TransitionInProgressError(self.name, self._state, "acquire", None)
-        with self._lock:
-            ran = self._ensure("acquire")
-            if ran:
-                self._acquired_load = True
-            self._holds.append(_Hold(holder, label))
+        try:
+            with self._lock:
+                ran = self._ensure("acquire")
+                if ran:
+                    self._acquired_load = True
+                self._holds.append(_Hold(holder, label))
+        finally:
+            if self._outbox:
+                self._deliver()
         if parent is not None:  # released when the parent's unload completes or its load fails
             if isinstance(holder, _ParentKey):
                 holder.name = label
@@ -643,8 +683,6 @@ class Lifecycle:
                 if parent._children is None:
                     parent._children = []
                 parent._children.append((self, holder))
-        if self._outbox:
-            self._deliver()
         return ran
 
     def _label(self, holder: object) -> str:
@@ -856,6 +894,8 @@ class Lifecycle:
                 self._deliver()
             stack.append((self, op))
             try:
+                if op == "load" and self._cfg.before_load is not None:
+                    self._cfg.before_load(owner)
                 fn(owner, *args, **kwargs)
             finally:
                 stack.pop()

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
 from . import registry
-from ._settings import OnRepeat, OnUnloadedUse, check_policy, check_timeout
+from ._settings import Layer, OnRepeat, OnUnloadedUse, check_policy, check_timeout
 from .errors import DefinitionError
 from .machine import Lifecycle, lifecycle
 from .states import State
 
-__all__ = ["ClassConfig", "Stateful", "is_stateful", "stateful"]
+__all__ = ["ClassConfig", "Stateful", "is_stateful", "make_stateful", "stateful", "unmake_stateful"]
 
 C = TypeVar("C", bound=type)
 
@@ -50,6 +50,10 @@ class ClassConfig:
     has_dict: bool = True
     private: bool = False
     slots: tuple[str, ...] = ()
+    #: run just before the user's load code (integrations use it; see distilabel)
+    before_load: Callable[[Any], None] | None = None
+    #: an integration's policies, consulted after the class's own and before the global ones
+    layer: Layer | None = None
 
 
 _OPTIONS: Final = ("load", "unload", "guard", "on_repeat", "on_unloaded_use", "timeout")
@@ -167,6 +171,8 @@ def make_stateful(
     on_repeat: OnRepeat | None = None,
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
+    before_load: Callable[[Any], None] | None = None,
+    layer: Layer | None = None,
 ) -> ClassConfig:
     """Make ``cls`` stateful (inheriting its parent's settings) and wrap its methods.
 
@@ -191,9 +197,11 @@ def make_stateful(
         has_dict=cls.__dictoffset__ != 0,
         private=_is_pydantic(cls),
         slots=tuple(n for n in copyreg._slotnames(cls) if not n.startswith("__")),  # type: ignore[attr-defined]
+        before_load=before_load or parent.before_load,
+        layer=layer or parent.layer,
     )
     _check_definition(cls, cfg)
-    cls.__stepfsm__ = cfg  # type: ignore[attr-defined]
+    _wrap(cls, "__stepfsm__", cfg)
     _wrap(cls, cfg.load, _wrap_load(getattr(cls, cfg.load)))
     _wrap(cls, cfg.unload, _wrap_unload(getattr(cls, cfg.unload)))
     for name in cfg.guard:
@@ -236,6 +244,24 @@ def _check_definition(cls: type, cfg: ClassConfig) -> None:
             )
 
 
+def unmake_stateful(cls: type) -> None:
+    """Undo :func:`make_stateful` (and the hooks of ``@stateful``) on ``cls`` alone.
+
+    Every attribute stepfsm set on the class gets its previous value back (or
+    is removed); subclasses are not touched. Used by integrations' ``uninstall()``.
+    """
+    patched = cls.__dict__.get("__stepfsm_patched__")
+    if not patched:
+        return
+    for name, previous in patched.items():
+        if previous is _MISSING:
+            if name in cls.__dict__:
+                type.__delattr__(cls, name)
+        else:
+            type.__setattr__(cls, name, previous)
+    type.__delattr__(cls, "__stepfsm_patched__")
+
+
 def _did_you_mean(cls: type, name: str) -> str:
     candidates = [n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))]
     import difflib  # lazily: only definition errors need it
@@ -244,7 +270,7 @@ def _did_you_mean(cls: type, name: str) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def _wrap(cls: type, name: str, wrapper: Callable[..., Any] | None) -> None:
+def _wrap(cls: type, name: str, wrapper: object) -> None:
     """Set ``wrapper`` on ``cls`` and remember what was there (for uninstalling)."""
     if wrapper is None:
         return
@@ -293,6 +319,13 @@ _TEMPLATE: Final = """\
         _stepfsm_slow({self}, {operation!r})
     return {aw}_stepfsm_fn({call})
 """
+# A generator method stays a generator function: the check runs at the first next().
+_GENERATOR_TEMPLATE: Final = """\
+def {name}({params}):
+    if _stepfsm_id({self}) not in _stepfsm_loaded:
+        _stepfsm_slow({self}, {operation!r})
+    return (yield from _stepfsm_fn({call}))
+"""
 
 
 def make_guard(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None:
@@ -320,7 +353,8 @@ def make_guard(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | N
 def _guard_source(fn: Callable[..., Any], operation: str, namespace: dict[str, Any]) -> str:
     name = operation if operation.isidentifier() else "guarded"
     is_async = inspect.iscoroutinefunction(fn)
-    generic = _TEMPLATE.format(
+    template = _GENERATOR_TEMPLATE if inspect.isgeneratorfunction(fn) else _TEMPLATE
+    generic = template.format(
         kw="async " if is_async else "",
         name=name,
         params="self, /, *args, **kwargs",
@@ -373,7 +407,7 @@ def _guard_source(fn: Callable[..., Any], operation: str, namespace: dict[str, A
         passed.append(param.name)
     if params[-1].kind is _P.POSITIONAL_ONLY:
         declared.append("/")
-    return _TEMPLATE.format(
+    return template.format(
         kw="async " if is_async else "",
         name=name,
         params=", ".join(declared),
@@ -397,8 +431,8 @@ def _install_subclass_hook(cls: type) -> None:
             super(cls, sub).__init_subclass__(**kwargs)  # type: ignore[arg-type]
         make_stateful(sub)
 
-    type.__setattr__(cls, "__init_subclass__", classmethod(__init_subclass__))
-    type.__setattr__(cls, "__stepfsm_hook__", True)
+    _wrap(cls, "__init_subclass__", classmethod(__init_subclass__))
+    _wrap(cls, "__stepfsm_hook__", True)
 
 
 # ----------------------------------------------------------------- copies
@@ -420,7 +454,7 @@ def _loaded_lifecycle(obj: object) -> Lifecycle | None:
 def _install_copy_hooks(cls: type) -> None:
     if any("__stepfsm_copy__" in vars(base) for base in cls.__mro__):
         return
-    type.__setattr__(cls, "__stepfsm_copy__", True)
+    _wrap(cls, "__stepfsm_copy__", True)
     if _is_pydantic(cls):
         _install_pydantic_copy_hooks(cls)
         return

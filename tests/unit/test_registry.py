@@ -249,3 +249,19 @@ def test_status_renders_in_jupyter_with_the_table() -> None:
     if shutil.which("dot"):
         assert "<svg" in bundle["text/html"]
         assert "loaded (1)" in bundle["text/html"]
+
+
+def test_engine_records_about_stepfsm_are_filtered(
+    step: FakeStep, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transitions' own INFO records about stepfsm's machine are dropped; others pass."""
+    from transitions import Machine
+
+    with caplog.at_level(logging.DEBUG):
+        step.load()
+        model = type("Model", (), {})()
+        Machine(model, states=["a", "b"], initial="a", name="mine")
+        model.to_b()  # type: ignore[attr-defined]
+    engine = [r.getMessage() for r in caplog.records if r.name == "transitions.core"]
+    assert not any(m.startswith("stepfsm: ") for m in engine)
+    assert any(m.startswith("mine: ") for m in engine)
