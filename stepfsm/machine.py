@@ -219,7 +219,6 @@ class Lifecycle:
         "_load_s",
         "_load_seq",
         "_lock",
-        "_name",
         "_on_repeat",
         "_on_unloaded_use",
         "_outbox",
@@ -261,7 +260,6 @@ class Lifecycle:
         self._on_repeat: OnRepeat | None = None
         self._on_unloaded_use: OnUnloadedUse | None = None
         self._timeout: float | None = None
-        self._name: str | None = None
 
     # ------------------------------------------------------------------ facts
 
@@ -278,10 +276,8 @@ class Lifecycle:
     @property
     def name(self) -> str:
         """The step's display name, e.g. ``"TextGeneration 'gen_0'"``."""
-        if self._name is None:
-            owner = self._owner()
-            return display_name(owner) if owner is not None else "<dead step>"
-        return self._name
+        owner = self._owner()
+        return display_name(owner) if owner is not None else "<dead step>"
 
     @property
     def since(self) -> _dt.datetime | None:
@@ -650,10 +646,6 @@ class Lifecycle:
             if self._outbox:
                 self._deliver()
         return None
-
-    def guard(self, operation: str) -> None:
-        """The slow path of a guarded method: same as :meth:`require_loaded`."""
-        self.require_loaded(operation)
 
     # -------------------------------------------------------------- internals
 
