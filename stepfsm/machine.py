@@ -122,6 +122,9 @@ class TransitionRecord(NamedTuple):
     operation began: for ``begin_*`` the transition itself, for ``finish_*``
     and ``fail`` the matching ``begin_*``. ``duration`` is the seconds since
     ``started`` (``0.0`` for ``begin_*``); for ``finish_load`` it is the load time.
+    ``error`` (on ``fail``) is a copy of the exception without its traceback,
+    so the history never keeps a failed step's frames (and the step) alive;
+    while the step is ``failed``, ``lifecycle.error`` is the original.
     """
 
     trigger: str
@@ -449,9 +452,9 @@ class Lifecycle:
                 if state is _LOADING or state is _UNLOADING:
                     state = self._settle("reload")
                 acquired = self._acquired_load  # holders keep their hold across a reload
+                if self._holds and not force and (state is _LOADED or state is _FAILED):
+                    raise self._in_use("reload")
                 if state is _LOADED:
-                    if self._holds and not force:
-                        raise self._in_use("reload")
                     self._unload_now("reload", force=False, keep_holds=True)
                 self._ensure("reload")
                 self._acquired_load = acquired and bool(self._holds)
@@ -639,6 +642,8 @@ class Lifecycle:
                         raise self._in_use("unload")
                     self._unload_now("unload", force, keep_holds=False, fn=fn, args=args, kw=kwargs)
                 elif state is _FAILED:
+                    if self._holds and not force:
+                        raise self._in_use("unload")
                     if force:
                         self._evict()
                     self._cleanup("unload", fn, args, kwargs)
@@ -938,7 +943,15 @@ class Lifecycle:
             began = self._began
             record = _tuple_new(
                 TransitionRecord,
-                (trigger, source, state, began, max(0.0, wall - began), _get_ident(), error),
+                (
+                    trigger,
+                    source,
+                    state,
+                    began,
+                    max(0.0, wall - began),
+                    _get_ident(),
+                    None if error is None else _detached(error),
+                ),
             )
             self._thread = None
         self._since = wall
@@ -1036,6 +1049,24 @@ def _attributes(owner: Any, cfg: ClassConfig) -> dict[str, Any]:
         if value is not _MISSING:
             values[name] = value
     return values
+
+
+def _detached(error: BaseException) -> BaseException:
+    """A copy of ``error`` without its traceback, for the history.
+
+    The original's traceback frames reference the step (its load's ``self``);
+    kept in the history, they would keep every step that ever failed alive.
+    ``lifecycle.error`` keeps the original while the step is ``failed``.
+    """
+    import copy
+
+    try:
+        clone = copy.copy(error)
+    except Exception:  # an exception type that cannot be copied: keep its text
+        clone = RuntimeError(f"{type(error).__name__}: {error}")
+    clone.__traceback__ = None
+    clone.__cause__ = clone.__context__ = None
+    return clone
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -46,12 +46,18 @@ class OwnerRef(weakref.ref):  # type: ignore[type-arg]
     key: int
 
 
-def forget(ref: OwnerRef) -> None:
-    """Weakref callback: drop the dead step's entries (unless the id was reused)."""
-    entry = LIVE.get(ref.key)
+def forget(
+    ref: OwnerRef, _live: dict[int, Lifecycle] = LIVE, _loaded: dict[int, Lifecycle] = LOADED
+) -> None:
+    """Weakref callback: drop the dead step's entries (unless the id was reused).
+
+    The tables are bound as defaults: at interpreter exit the module's globals
+    may already be gone when the last callbacks run.
+    """
+    entry = _live.get(ref.key)
     if entry is not None and entry._owner is ref:
-        del LIVE[ref.key]
-        LOADED.pop(ref.key, None)
+        del _live[ref.key]
+        _loaded.pop(ref.key, None)
 
 
 class StepStatus(NamedTuple):
