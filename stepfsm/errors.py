@@ -243,8 +243,16 @@ class TransitionError(StepFSMError):
         self.operation = operation
         self.cause = cause
         self.state = State.FAILED
+        if isinstance(cause, TransitionError):  # a child step's load failed inside ours
+            what = f"because {cause.operation}() of {cause.step} failed with "
+            root = cause.cause
+            while isinstance(root, TransitionError):  # name the deepest cause once
+                root = root.cause
+            what += describe(root)
+        else:
+            what = f"with {describe(cause)}"
         super().__init__(
-            f"{operation}() of {step} failed with {describe(cause)}{detail}; the step is now "
+            f"{operation}() of {step} failed {what}{detail}; the step is now "
             "'failed'. Fix the cause and call load() again (it cleans up first), or unload() "
             "to release what it holds."
         )

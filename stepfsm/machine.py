@@ -491,6 +491,9 @@ class Lifecycle:
         """
         try:
             with self._lock:
+                state = self._state
+                if (state is _LOADING or state is _UNLOADING) and self._thread != _get_ident():
+                    self._settle("release")  # decide on the settled state, as every operation does
                 for index in range(len(self._holds) - 1, -1, -1):
                     if self._holds[index].key is holder:
                         del self._holds[index]
@@ -822,13 +825,16 @@ class Lifecycle:
         if not isinstance(error, Exception):
             raise error
         if operation == "unload":
-            _warn(
-                CleanupWarning(
-                    f"clean-up (unload) of failed {self.name} raised "
-                    f"{type(error).__name__}: {error}; the step stays 'failed' and keeps its "
-                    "first error. See lifecycle(step).cleanup_error."
+            with contextlib.suppress(CleanupWarning):  # filtered to an error: still logged,
+                # but a clean-up unload never raises (DESIGN.md §2); distilabel's worker
+                # calls unload() after a failed load and hangs if it raises.
+                _warn(
+                    CleanupWarning(
+                        f"clean-up (unload) of failed {self.name} raised "
+                        f"{type(error).__name__}: {error}; the step stays 'failed' and keeps its "
+                        "first error. See lifecycle(step).cleanup_error."
+                    )
                 )
-            )
         return error
 
     def _cleanup_before_load(self) -> None:

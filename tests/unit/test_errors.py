@@ -138,3 +138,16 @@ def test_import_stepfsm_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_nested_load_error_names_the_child_and_the_root_cause_once() -> None:
+    """A parent's LoadError caused by its child's LoadError names both and the root once."""
+    root = OSError("CUDA out of memory")
+    child = stepfsm.LoadError("LLM 'llm'", "load", stepfsm.LoadError("Inner 'x'", "load", root))
+    parent = stepfsm.LoadError("Task 'task'", "load", child)
+    text = str(parent)
+    assert text.startswith(
+        "load() of Task 'task' failed because load() of LLM 'llm' failed with "
+        "OSError: CUDA out of memory; the step is now 'failed'."
+    )
+    assert text.count("the step is now") == 1

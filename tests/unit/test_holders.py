@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import stepfsm
@@ -157,3 +160,36 @@ def test_unload_all_tries_every_step_then_raises_first_error() -> None:
     assert stepfsm.state(bad) is State.FAILED
     bad.fail_unload = None
     assert stepfsm.unload_all() == ("FakeStep 'bad'",)
+
+
+def test_release_during_another_threads_reload_waits_then_unloads(step: FakeStep) -> None:
+    """A last release() during a reload in another thread waits and then unloads."""
+    lc = stepfsm.lifecycle(step)
+    lc.acquire()  # the acquire did the load, so the last release must unload
+    step.gate = threading.Event()
+    worker = threading.Thread(target=lc.reload, kwargs={"force": True})
+    worker.start()
+    deadline = time.monotonic() + 5
+    while lc.state is not State.UNLOADING and lc.state is not State.LOADING:
+        assert time.monotonic() < deadline
+    threading.Timer(0.05, step.gate.set).start()
+    lc.release()
+    worker.join(5)
+    assert (lc.state, lc.holders) == (State.UNLOADED, ())
+    assert held_count() == 0
+
+
+def test_failed_step_with_holders_refuses_plain_unload_and_reload(step: FakeStep) -> None:
+    """unload()/reload() of a failed step that still has holders raise StepInUseError."""
+    lc = stepfsm.lifecycle(step)
+    lc.acquire()
+    step.fail_load = Boom("oom")
+    with pytest.raises(stepfsm.LoadError):
+        lc.reload(force=True)
+    step.fail_load = None
+    with pytest.raises(StepInUseError, match="cannot unload\\(\\): it is held by 1 holder"):
+        lc.unload()
+    with pytest.raises(StepInUseError, match="cannot reload\\(\\)"):
+        lc.reload()
+    lc.unload(force=True)
+    assert (lc.state, lc.holders) == (State.UNLOADED, ())
