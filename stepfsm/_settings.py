@@ -45,11 +45,14 @@ class Layer:
     ``None`` means "not set here".
     """
 
-    __slots__ = ("on_repeat", "on_unloaded_use")
+    __slots__ = ("on_repeat", "on_unloaded_use", "raise_original")
 
     def __init__(self) -> None:
         self.on_repeat: OnRepeat | None = None
         self.on_unloaded_use: OnUnloadedUse | None = None
+        #: a failing load/unload raises the step's own exception instead of
+        #: LoadError/UnloadError (the step is still 'failed'); for migration modes
+        self.raise_original = False
 
 
 #: Process-wide listeners; replaced (never mutated) so readers need no lock.

@@ -561,7 +561,14 @@ class Lifecycle:
             error = NotLoadedError(self.name, state, operation, self._since)
         if policy == "raise":
             raise error
-        _warn(UnloadedUseWarning(str(error)))
+        _warn(
+            UnloadedUseWarning(
+                f"{self.name} is not loaded (state '{state.value}'), but {operation}() runs "
+                "anyway because on_unloaded_use='warn'. Call load() or ensure_loaded() first; "
+                f"under the default policy this raises {type(error).__name__}."
+                + (f" The step failed with {describe(self._error)}." if self._error else "")
+            )
+        )
 
     def subscribe(self, fn: _settings.Listener) -> Callable[[], None]:
         """Call ``fn(lifecycle, record)`` after each of this step's transitions.
@@ -779,7 +786,7 @@ class Lifecycle:
             return
         if self._children:
             self._release_children()
-        if not isinstance(error, Exception):
+        if not isinstance(error, Exception) or self._raise_original():
             raise error
         raise LoadError(self.name, "load", error) from error
 
@@ -803,7 +810,7 @@ class Lifecycle:
         if error is None:
             self._after_unload()
             return
-        if not isinstance(error, Exception):
+        if not isinstance(error, Exception) or self._raise_original():
             raise error
         raise UnloadError(self.name, operation, error) from error
 
@@ -837,9 +844,16 @@ class Lifecycle:
                 )
         return error
 
+    def _raise_original(self) -> bool:
+        """Whether an integration asked for the step's own exceptions (a migration mode)."""
+        layer = self._cfg.layer
+        return layer is not None and layer.raise_original
+
     def _cleanup_before_load(self) -> None:
         error = self._cleanup("load", self._user_fn(self._cfg.unload), (), {})
         if error is not None:
+            if self._raise_original():
+                raise error
             raise LoadError(
                 self.name,
                 "load",

@@ -17,11 +17,20 @@ after ``install()`` is covered. Guarded methods: ``generate``, ``agenerate``,
 ``process`` (steps). A task's ``load()`` loading its ``llm`` is an acquire, so
 an LLM loaded by hand is reused and stays loaded after the task unloads.
 
+``install(on_unloaded_use="warn")`` is the migration mode (DESIGN.md §4):
+distilabel's own unit tests see no change. A guarded call on a step that is
+not loaded warns and runs; ``on_repeat`` defaults to ``"warn"`` too (a
+repeated ``load()`` warns and does nothing); and a ``load()``/``unload()``
+whose own code raises re-raises that exception unchanged instead of
+``LoadError``/``UnloadError`` (the step is ``failed`` all the same). See
+docs/distilabel-compat.md for the measurement.
+
 distilabel deep-copies each step and pickles it into its worker processes;
 the copies arrive ``unloaded`` without the parent's resources (DESIGN.md §5),
 so the worker loads its own and the notebook's LLM stays loaded.
 
-This is the only stepfsm module that imports distilabel.
+This is the only stepfsm module that imports distilabel (besides the demo's
+``stepfsm._demo_distilabel``, imported only when distilabel is installed).
 """
 
 from __future__ import annotations
@@ -60,16 +69,40 @@ def installed() -> bool:
     return _installed
 
 
-def _ensure_step_logger(step: Any) -> None:
-    """Give a step its logger before its own load runs.
+#: The logger-name prefix that distilabel's own base ``load()`` uses, per model base.
+_MODEL_LOGGERS: Final[dict[type, str]] = {
+    LLM: "distilabel.llm.",
+    Embeddings: "distilabel.models.embeddings.",
+    ImageGenerationModel: "distilabel.models.image_generation.",
+}
 
-    distilabel's worker reports a failed load through ``step._logger``; a load
-    that raises before ``super().load()`` would leave it ``None`` and the
-    report itself would raise, which hangs ``Pipeline.run()``.
+
+def _ensure_logger(obj: Any) -> None:
+    """Give a step or model the logger its base ``load()`` would give it, before its load runs.
+
+    distilabel's base ``load()`` sets ``_logger``, and unloads log through it
+    (``_Step.unload``, ``_Task.unload``, often users' own). A load that raises
+    before ``super().load()`` would leave it ``None``, so the clean-up unload
+    that distilabel's worker runs after a failed load would raise too:
+
+    * for a step, the worker's report of the failure then raises as well,
+      which hangs ``Pipeline.run()``;
+    * for a model, the clean-up fails with a ``CleanupWarning``; where warnings
+      are errors (forked workers inherit pytest's ``filterwarnings = error``),
+      that warning is raised out of the step's unload: the same hang.
     """
-    private = step.__pydantic_private__
-    if private is not None and private.get("_logger") is None:
-        step._logger = logging.getLogger(f"distilabel.step.{step.name}")
+    private = obj.__pydantic_private__
+    if private is None or private.get("_logger") is not None:
+        return
+    if isinstance(obj, _Step):
+        name = f"distilabel.step.{obj.name}"
+    else:
+        prefix = next(p for base, p in _MODEL_LOGGERS.items() if isinstance(obj, base))
+        try:
+            name = f"{prefix}{obj.model_name}"
+        except Exception:  # a model_name that needs the load: leave it to the load
+            return
+    obj._logger = logging.getLogger(name)
 
 
 def _tree(base: type) -> list[type]:
@@ -95,10 +128,15 @@ def install(
     instance settings still win over these, and these over ``stepfsm.configure``.
 
     Args:
-        on_repeat: the integration's policy for ``load()`` on a loaded step.
+        on_repeat: the integration's policy for ``load()`` on a loaded step;
+            unset, ``"warn"`` in the migration mode, else ``stepfsm.configure``'s.
         on_unloaded_use: the integration's policy for guarded calls on a step
-            that is not loaded; ``"warn"`` is the migration mode (a warning,
-            then the call runs as it would without stepfsm).
+            that is not loaded. ``"warn"`` is the migration mode, in which
+            distilabel's own unit tests see no change: a guarded call on an
+            unloaded step warns and runs as it would without stepfsm, a
+            repeated ``load()`` warns and does nothing (unless ``on_repeat``
+            says otherwise), and a ``load()``/``unload()`` whose own code
+            raises re-raises that exception instead of ``LoadError``/``UnloadError``.
 
     Raises:
         ValueError: an unknown policy name.
@@ -107,9 +145,14 @@ def install(
     for value, what in ((on_repeat, "on_repeat"), (on_unloaded_use, "on_unloaded_use")):
         if value is not None:
             check_policy(value, what)
+    if on_repeat is None and on_unloaded_use == "warn":
+        on_repeat = "warn"  # the migration mode: a repeated load() must not start raising
     with _lock:
         LAYER.on_repeat = on_repeat
         LAYER.on_unloaded_use = on_unloaded_use
+        # The migration mode: a failing load()/unload() raises the step's own
+        # exception (the step is still 'failed'), as distilabel alone would.
+        LAYER.raise_original = on_unloaded_use == "warn"
         if _installed:
             return
         for base, guards in BASES.items():
@@ -117,7 +160,7 @@ def install(
                 make_stateful(
                     cls,
                     guard=tuple(n for n in guards if callable(getattr(cls, n, None))),
-                    before_load=_ensure_step_logger if cls is _Step else None,
+                    before_load=_ensure_logger,
                     layer=LAYER,
                 )
             _install_subclass_hook(base)
@@ -144,4 +187,5 @@ def uninstall() -> None:
                 registry.LIVE.pop(key, None)
                 registry.LOADED.pop(key, None)
         LAYER.on_repeat = LAYER.on_unloaded_use = None
+        LAYER.raise_original = False
         _installed = False

@@ -104,7 +104,11 @@ def test_unloaded_use_warn_warns_then_runs(step: FakeStep) -> None:
     """on_unloaded_use='warn' emits UnloadedUseWarning and then runs the call."""
     stepfsm.lifecycle(step).on_unloaded_use = "warn"
     step.handle = object()  # type: ignore[assignment]  # the method can run without a load
-    with pytest.warns(UnloadedUseWarning, match="is not loaded.*so use\\(\\) cannot run") as rec:
+    with pytest.warns(
+        UnloadedUseWarning,
+        match=r"is not loaded \(state .unloaded.\), but use\(\) runs anyway because "
+        r"on_unloaded_use=.warn.",
+    ) as rec:
         assert step.use(7) == 7
     assert rec[0].filename == __file__
 
@@ -116,7 +120,7 @@ def test_unloaded_use_warn_on_failed_step_mentions_cause(step: FakeStep) -> None
         step.load()
     stepfsm.configure(on_unloaded_use="warn")
     step.handle = object()  # type: ignore[assignment]
-    with pytest.warns(UnloadedUseWarning, match="after Boom: bad weights"):
+    with pytest.warns(UnloadedUseWarning, match="The step failed with Boom: bad weights"):
         step.use()
 
 
@@ -195,3 +199,38 @@ def test_configure_history_bounds_new_histories(step: FakeStep) -> None:
     assert len(history) == 3
     assert [r.trigger for r in history] == ["finish_load", "begin_unload", "finish_unload"]
     assert stepfsm.state(step) is State.UNLOADED
+
+
+def test_layer_can_ask_for_the_steps_own_exceptions() -> None:
+    """With Layer.raise_original (a migration mode) a failing load raises the original error."""
+    from stepfsm._settings import Layer
+    from stepfsm.wrap import make_stateful
+
+    layer = Layer()
+    layer.raise_original = True
+
+    class Migrating:
+        def __init__(self) -> None:
+            self.fail: Exception | None = Boom("original")
+
+        def load(self) -> None:
+            if self.fail is not None:
+                raise self.fail
+
+        def unload(self) -> None:
+            if self.fail is not None:
+                raise self.fail
+
+    make_stateful(Migrating, layer=layer)
+    obj = Migrating()
+    with pytest.raises(Boom, match="original"):
+        obj.load()
+    assert stepfsm.state(obj) is State.FAILED  # the lifecycle still recorded the failure
+    with pytest.raises(Boom):
+        obj.load()  # the clean-up before the retry raised: that error, unwrapped
+    obj.fail = None
+    obj.load()
+    obj.fail = Boom("unload")
+    with pytest.raises(Boom, match="unload"):
+        obj.unload()
+    assert stepfsm.state(obj) is State.FAILED
