@@ -168,4 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
     _section("8. stepfsm.unload_all()")
     _attempt("stepfsm.unload_all()", stepfsm.unload_all)
+
+    try:  # the distilabel story (sections 9-11), when distilabel is installed
+        import distilabel  # noqa: F401
+    except ImportError:
+        return 0
+    from ._demo_distilabel import run
+
+    run(_section, _attempt, _code, _show)
     return 0
