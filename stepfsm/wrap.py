@@ -202,8 +202,8 @@ def make_stateful(
     )
     _check_definition(cls, cfg)
     _wrap(cls, "__stepfsm__", cfg)
-    _wrap(cls, cfg.load, _wrap_load(getattr(cls, cfg.load)))
-    _wrap(cls, cfg.unload, _wrap_unload(getattr(cls, cfg.unload)))
+    _wrap(cls, cfg.load, _wrap_transition(getattr(cls, cfg.load), unload=False))
+    _wrap(cls, cfg.unload, _wrap_transition(getattr(cls, cfg.unload), unload=True))
     for name in cfg.guard:
         _wrap(cls, name, make_guard(getattr(cls, name), name))
     _install_copy_hooks(cls)
@@ -282,28 +282,23 @@ def _wrap(cls: type, name: str, wrapper: object) -> None:
     type.__setattr__(cls, name, wrapper)
 
 
-def _wrap_load(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+def _wrap_transition(fn: Callable[..., Any], unload: bool) -> Callable[..., Any] | None:
+    """Wrap a class's own load (or unload) method so calls go through its lifecycle."""
     if hasattr(fn, "__stepfsm_original__"):
         return None
 
-    def load(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return lifecycle(self).call_load(fn, args, kwargs)
+    if unload:
 
-    functools.update_wrapper(load, fn)
-    load.__stepfsm_original__ = fn  # type: ignore[attr-defined]
-    return load
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return lifecycle(self).call_unload(fn, args, kwargs)
+    else:
 
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return lifecycle(self).call_load(fn, args, kwargs)
 
-def _wrap_unload(fn: Callable[..., Any]) -> Callable[..., Any] | None:
-    if hasattr(fn, "__stepfsm_original__"):
-        return None
-
-    def unload(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return lifecycle(self).call_unload(fn, args, kwargs)
-
-    functools.update_wrapper(unload, fn)
-    unload.__stepfsm_original__ = fn  # type: ignore[attr-defined]
-    return unload
+    functools.update_wrapper(method, fn)
+    method.__stepfsm_original__ = fn  # type: ignore[attr-defined]
+    return method
 
 
 def _slow(obj: object, operation: str) -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +170,13 @@ def run_threads(n: int, target: Any, timeout: float = 30.0) -> list[BaseExceptio
     if alive:
         raise AssertionError(f"{len(alive)} threads still running after {timeout} s: deadlock?")
     return errors
+
+
+@pytest.fixture
+def no_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run with a PATH that holds no ``dot`` program; returns that (empty) folder."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("dot") is None
+    return empty

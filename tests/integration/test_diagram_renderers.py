@@ -31,6 +31,7 @@ import pytest
 import stepfsm
 from stepfsm.registry import Status, StepStatus
 from stepfsm.states import TRANSITIONS, State
+from tests.support import require
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +42,6 @@ NODE_MODULES = Path(
     os.environ.get("STEPFSM_NODE_MODULES") or REPO / ".cache" / "node" / "node_modules"
 )
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def require(available: bool, what: str) -> None:
-    """Skip when ``what`` is missing locally; fail instead when ``CI=true``."""
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required when CI=true, but not installed: {what}")
-    pytest.skip(f"not installed: {what}")
 
 
 @stepfsm.stateful

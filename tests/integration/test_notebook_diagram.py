@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import require
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,15 +53,6 @@ CELL = textwrap.dedent(
     stepfsm.lifecycle(encoder)
     """
 )
-
-
-def require(available: bool, what: str) -> None:
-    """Skip when ``what`` is missing locally; fail instead when ``CI=true``."""
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required when CI=true, but not installed: {what}")
-    pytest.skip(f"not installed: {what}")
 
 
 def _importable(*names: str) -> bool:

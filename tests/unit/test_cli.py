@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,37 +19,10 @@ import pytest
 
 import stepfsm
 from stepfsm.cli import main
+from tests.support import require_dot
 
 REPO = Path(__file__).resolve().parents[2]
 _names = itertools.count()
-
-
-def require(available: bool, what: str) -> None:
-    """Skip when ``what`` is missing locally; fail instead when ``CI=true``."""
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required when CI=true, but not installed: {what}")
-    pytest.skip(f"not installed: {what}")
-
-
-def require_dot() -> None:
-    """SVG and PNG need the ``dot`` program and the ``graphviz`` package."""
-    require(shutil.which("dot") is not None, "the Graphviz 'dot' program")
-    try:
-        import graphviz  # noqa: F401
-    except ImportError:
-        require(False, "the Python package 'graphviz'")
-
-
-@pytest.fixture
-def no_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run with a PATH that holds no ``dot`` program; returns that (empty) folder."""
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    assert shutil.which("dot") is None
-    return empty
 
 
 @pytest.fixture

@@ -27,37 +27,11 @@ import stepfsm
 from stepfsm import diagrams
 from stepfsm.registry import Status, StepStatus
 from stepfsm.states import INITIAL, TRANSITIONS, State
+from tests.support import require, require_dot
 
 REPO = Path(__file__).resolve().parents[2]
 DIAGRAMS = REPO / "diagrams"
 REGENERATE = "python -m stepfsm diagram --output-dir diagrams"
-
-
-def require(available: bool, what: str) -> None:
-    """Skip when ``what`` is missing locally; fail instead when ``CI=true``."""
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required when CI=true, but not installed: {what}")
-    pytest.skip(f"not installed: {what}")
-
-
-def require_dot() -> None:
-    """The Graphviz ``dot`` program and the ``graphviz`` package are both needed."""
-    require(shutil.which("dot") is not None, "the Graphviz 'dot' program")
-    try:
-        import graphviz  # noqa: F401
-    except ImportError:
-        require(False, "the Python package 'graphviz'")
-
-
-@pytest.fixture
-def no_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run with a PATH that holds no ``dot`` program (an empty folder)."""
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    assert shutil.which("dot") is None
 
 
 @stepfsm.stateful
