@@ -14,7 +14,7 @@ guarded use, and after every step compares each object with the reference
 model: its state, its holders, the error class each call raised, and whether
 its resource is held (``is_held``). A failure is an :class:`AssertionError`
 naming the shortest sequence hypothesis found and the rule that broke, e.g.
-``after [s0.load(), s0.unload()] s0 is 'unloaded' but its resource is still
+``after [s0 = factory(), s0.load(), s0.unload()] s0 is 'unloaded' but its resource is still
 held: unload() does not release it (or not all of it)``.
 
 The reference model (:func:`model_step`) is the lifecycle as a pure function
@@ -86,6 +86,7 @@ __all__ = [
     "Observed",
     "Op",
     "Outcome",
+    "Ran",
     "Result",
     "Tracked",
     "candidates",
@@ -409,7 +410,7 @@ def perform(
             elif op == "release":
                 lc.release()
             elif op == "use":
-                use(obj)
+                returned = use(obj)
             elif op != "copy":
                 raise ValueError(f"unknown operation {op!r}")
         except BaseException as raised:  # returned to the caller, which judges it
@@ -619,6 +620,12 @@ class LifecycleMachine(RuleBasedStateMachine):
     #: How the step's own code behaves in the plain rules (``None``: not known,
     #: any behaviour the model allows is accepted and then tracked).
     default_outcome: ClassVar[Outcome | None] = None
+    #: A lifecycle ``timeout`` for every object the machine drives (``None``:
+    #: leave theirs). With fast fakes, a few seconds turns a step stuck in
+    #: ``loading`` into a failure instead of a hang.
+    wait_timeout: ClassVar[float | None] = None
+    #: Seconds the concurrent rule waits for its threads before reporting a deadlock.
+    thread_timeout: ClassVar[float] = 60.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -627,6 +634,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._names = itertools.count()
         self._picklable: bool | None = None
         self._last: tuple[Tracked | None, str] = (None, "")
+        self._held_at_load: list[tuple[Tracked, State | None]] = []
 
     # ------------------------------------------------------------ to override
 
@@ -677,11 +685,59 @@ class LifecycleMachine(RuleBasedStateMachine):
                 "decorate its class with @stepfsm.stateful or inherit stepfsm.Stateful."
             )
         tracked = Tracked(obj, f"s{next(self._names)}", origin=origin)
+        self._watch(tracked)
         self.tracked.append(tracked)
         return tracked
 
+    def _watch(self, tracked: Tracked) -> None:
+        """Check ``is_held`` when each load begins: the step is unloaded right then.
+
+        A listener sees ``begin_load`` before the load's own code runs, also in
+        the middle of a ``reload()`` or of a ``load()`` that first cleans up a
+        failed step, where no rule could look. What it finds is reported after
+        the call (a listener's own exceptions are only logged by stepfsm).
+        """
+        lc = lifecycle(tracked.obj)
+        if self.wait_timeout is not None:
+            lc.timeout = self.wait_timeout
+        obj = tracked.obj
+
+        def listener(_: object, record: TransitionRecord) -> None:
+            if record.trigger == "begin_unload":
+                tracked.data["unloaded_from"] = record.source
+            elif record.trigger == "begin_load" and self.is_held(obj):
+                self._held_at_load.append((tracked, tracked.data.get("unloaded_from")))
+
+        lc.subscribe(listener)
+
+    def _check_held_at_load(self, call: str) -> None:
+        if not self._held_at_load:
+            return
+        tracked, unloaded_from = self._held_at_load[0]
+        self._held_at_load.clear()
+        if unloaded_from is State.FAILED:
+            why = "the clean-up (unload) of a failed load does not release what that load acquired"
+        elif unloaded_from is State.LOADED:
+            why = "unload() does not release it (or not all of it)"
+        else:
+            why = "it was held before its first load: factory() must return an unloaded object"
+        self._fail(
+            f"{tracked.name} was 'unloaded' when a load began (in {call}) but its resource "
+            f"was still held: {why}."
+        )
+
     def _fail(self, message: str) -> NoReturn:
-        raise AssertionError(f"after [{', '.join(self.log)}] {message}")
+        # Leave out objects that were made but never touched again: they only add noise.
+        text = " ".join(self.log[1:]) + " " + message
+        shown = [
+            entry
+            for index, entry in enumerate(self.log)
+            if not (index and entry.endswith(" = factory()"))
+            or f"{entry.split(' ', 1)[0]}." in text
+            or f"({entry.split(' ', 1)[0]})" in text
+            or f"{entry.split(' ', 1)[0]} " in message
+        ]
+        raise AssertionError(f"after [{', '.join(shown)}] {message}")
 
     def perform(self, step: int, op: Op, outcome: Outcome | None = None, note: str = "") -> Result:
         """Run ``op`` on the object ``step`` picks and check it against the model.
@@ -705,13 +761,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             ran = _ran_from(_new_records(lc.history, mark))
         observed = observed._replace(ran=ran)
         tracked.data["was_failed"] = before.state is State.FAILED
-        if ("unload", "ok") in ran and ran[-1:] == (("load", "ok"),):
-            tracked.data["reloaded"] = True  # its pre-load values come from after an unload
         call = _format_call(tracked.name, op)
         got = type(observed.error).__name__ if observed.error is not None else None
         shown = f" -> {got}" if got else f" -> {observed.returned}" if op == "ensure_loaded" else ""
         self.log.append(f"{call}{note}{shown}")
         self._last = (tracked, op)
+        self._check_held_at_load(call)
         options = candidates(before, op, on_repeat=tracked.on_repeat, outcome=outcome)
         problems: list[str] = []
         for _, after, result in options:
@@ -850,7 +905,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 "copies and pickles must work in every state (DESIGN.md section 5)."
             )
         copied = Tracked(obj, new_name, origin=f"{text.format(source.name)}")
-        copied.data["after_reload"] = bool(source.data.get("reloaded"))
+        self._watch(copied)
         self.tracked.append(copied)
         self._last = (copied, "copy")
         lc = lifecycle(obj)
@@ -903,7 +958,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             warnings.simplefilter("ignore", DuplicateLoadWarning)
             warnings.simplefilter("ignore", RepeatedLoadWarning)
             warnings.simplefilter("ignore", CleanupWarning)
-            _run_threads(len(ops), body)
+            _run_threads(len(ops), body, self.thread_timeout)
+        self._check_held_at_load(f"threads [{texts}]")
         records = _new_records(lc.history, mark)
         done: list[Call] = []
         for index, call in enumerate(calls):
@@ -969,7 +1025,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         last, op = self._last
         if last is None or last is tracked:
             return ""
-        return f": {last.name}'s {op} changed it"
+        return f": {_describe_last(last.name, op)} changed it"
 
     def _held_message(self, tracked: Tracked, held: bool) -> str:
         state = tracked.config.state.value
@@ -982,11 +1038,6 @@ class LifecycleMachine(RuleBasedStateMachine):
                     "copies and pickles must start unloaded and hold nothing (DESIGN.md "
                     "section 5)"
                 )
-                if tracked.data.get("after_reload"):
-                    why += (
-                        " (here the copy got the value the attribute had before the last "
-                        "load, which is still held: did an earlier unload() not release it?)"
-                    )
             elif last is tracked and op == "make":
                 why = "a fresh object already holds it; factory() must return an unloaded object"
             elif last is tracked and op in _UNLOADS:
@@ -999,8 +1050,8 @@ class LifecycleMachine(RuleBasedStateMachine):
                     why = "unload() does not release it (or not all of it)"
             elif last is not None and last is not tracked:
                 why = (
-                    f"{last.name}'s {op} acquired it: the instances share one resource "
-                    "instead of each holding its own"
+                    f"{_describe_last(last.name, op)} acquired it: the instances share one "
+                    "resource instead of each holding its own"
                 )
             else:
                 why = f"{op} left it held"
@@ -1010,8 +1061,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             why = "load() does not acquire it"
         elif last is not None and last is not tracked:
             why = (
-                f"{last.name}'s {op} released it: the instances share one resource, so one's "
-                "unload frees another's"
+                f"{_describe_last(last.name, op)} released it: the instances share one "
+                "resource, so one's unload frees another's"
             )
         elif last is tracked and op == "copy":
             why = "copying it released the original's resource"
@@ -1020,13 +1071,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         return head + why + "."
 
     def teardown(self) -> None:
-        """Unload everything (forced) so no resource outlives the example."""
+        """Unload everything (forced) so no resource outlives the example.
+
+        Best effort: every thread has finished by now, so a step still
+        ``loading``/``unloading`` is stuck (the failure being reported) and is
+        left alone rather than waited for.
+        """
         for tracked in self.tracked:
             self.before_call(tracked, "unload_force", Outcome())
+            lc = lifecycle(tracked.obj)
+            if lc.state in (State.LOADING, State.UNLOADING):
+                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with contextlib.suppress(Exception):
-                    lifecycle(tracked.obj).unload(force=True)
+                    lc.unload(force=True)
 
 
 # ---------------------------------------------------------------- helpers
@@ -1038,6 +1097,11 @@ def _format_call(name: str, op: Op) -> str:
     if op == "reload_force":
         return f"{name}.reload(force=True)"
     return f"{name}.{op}()"
+
+
+def _describe_last(name: str, op: str) -> str:
+    """``"s0.unload()"`` for an operation, ``"s0's threads"`` for anything else."""
+    return _format_call(name, op) if op in OPS else f"{name}'s {op}"
 
 
 def _run_threads(count: int, body: Callable[[int], None], timeout: float = 60.0) -> None:
