@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -35,9 +36,28 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run(*cmd: str | Path, check: bool = True, env: dict[str, str] | None = None) -> int:
+def run(
+    *cmd: str | Path,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    limit: float | None = None,
+) -> int:
+    """Run ``cmd`` in the repo; with ``limit``, kill it (and its children) after that many s."""
     print("$ " + " ".join(str(c) for c in cmd), flush=True)
-    code = subprocess.call([str(c) for c in cmd], cwd=ROOT, env=env)
+    with subprocess.Popen(
+        [str(c) for c in cmd], cwd=ROOT, env=env, start_new_session=limit is not None
+    ) as process:
+        try:
+            code = process.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            print(f"killed after {limit:g} s: it hung (see the stacks above)", flush=True)
+            code = 124
+        except KeyboardInterrupt:  # its own session does not get the terminal's Ctrl-C
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait()
+            raise
     if check and code != 0:
         sys.exit(code)
     return code
@@ -153,13 +173,16 @@ def test(argv: list[str]) -> int:
     # switch interval and time budgets, so they run apart from the integration tests
     # (distilabel pipelines, kernels) whose leftovers (log handlers, worker pools,
     # background threads) would otherwise share their process.
-    suites = [["tests/property"], ["--ignore=tests/property"]]
+    # Each process has a hard wall-clock limit (a full run takes ~1 + 3 min here) so that
+    # a hang can never eat CI's budget; pytest's faulthandler_timeout prints every
+    # thread's stack first, even when the interpreter is wedged.
+    suites = [(["tests/property"], 600.0), (["--ignore=tests/property"], 1200.0)]
     if argv:
-        suites = [list(argv)]
+        suites = [(list(argv), 1800.0)]
     worst = 0
-    for suite in suites:
+    for suite, limit in suites:
         say("pytest " + " ".join(suite))
-        code = run(PY, "-m", "pytest", *suite, check=False, env=env)
+        code = run(PY, "-m", "pytest", *suite, check=False, env=env, limit=limit)
         if code == 5:
             print("pytest collected no tests: that is a failure here.", file=sys.stderr)
             code = 1

@@ -16,7 +16,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import stepfsm
 from stepfsm.testing import Behaviour, Outcome, Ran
@@ -221,17 +220,3 @@ def gated(gate: Gate) -> Iterator[Gate]:
     finally:
         gate.open_all()
         GATE = None
-
-
-def is_waiting_in(thread: threading.Thread, code_names: frozenset[str]) -> bool:
-    """Whether ``thread`` is blocked in ``threading.Condition.wait`` under a named frame."""
-    import sys
-
-    frame: Any = sys._current_frames().get(thread.ident or -1)
-    if frame is None or frame.f_code is not threading.Condition.wait.__code__:
-        return False
-    while frame is not None:
-        if frame.f_code.co_name in code_names:
-            return True
-        frame = frame.f_back
-    return False
