@@ -574,7 +574,9 @@ class Lifecycle:
         """Call ``fn(lifecycle, record)`` after each of this step's transitions.
 
         Returns a function that unsubscribes ``fn``. A listener that raises is
-        logged and never breaks the step.
+        logged and never breaks the step. The listener lives as long as the
+        step: one that refers to the step keeps it alive (use
+        ``lifecycle.step`` inside it, or unsubscribe).
 
         Raises:
             TypeError: ``fn`` is not callable.

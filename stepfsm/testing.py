@@ -635,6 +635,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._picklable: bool | None = None
         self._last: tuple[Tracked | None, str] = (None, "")
         self._held_at_load: list[tuple[Tracked, State | None]] = []
+        self._unsubscribe: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ to override
 
@@ -708,7 +709,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             elif record.trigger == "begin_load" and self.is_held(obj):
                 self._held_at_load.append((tracked, tracked.data.get("unloaded_from")))
 
-        lc.subscribe(listener)
+        # The listener refers to the object and to this machine, and the process-wide
+        # registry keeps the lifecycle (and so its listeners) as long as the object
+        # lives: teardown must unsubscribe, or every example's objects live forever.
+        self._unsubscribe.append(lc.subscribe(listener))
 
     def _check_held_at_load(self, call: str) -> None:
         if not self._held_at_load:
@@ -1075,17 +1079,23 @@ class LifecycleMachine(RuleBasedStateMachine):
 
         Best effort: every thread has finished by now, so a step still
         ``loading``/``unloading`` is stuck (the failure being reported) and is
-        left alone rather than waited for.
+        left alone rather than waited for. Then the machine's listeners go, so
+        the objects can be garbage-collected.
         """
-        for tracked in self.tracked:
-            self.before_call(tracked, "unload_force", Outcome())
-            lc = lifecycle(tracked.obj)
-            if lc.state in (State.LOADING, State.UNLOADING):
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with contextlib.suppress(Exception):
-                    lc.unload(force=True)
+        try:
+            for tracked in self.tracked:
+                self.before_call(tracked, "unload_force", Outcome())
+                lc = lifecycle(tracked.obj)
+                if lc.state in (State.LOADING, State.UNLOADING):
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    with contextlib.suppress(Exception):
+                        lc.unload(force=True)
+        finally:
+            for unsubscribe in self._unsubscribe:
+                unsubscribe()
+            self._unsubscribe.clear()
 
 
 # ---------------------------------------------------------------- helpers

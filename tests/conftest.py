@@ -25,6 +25,7 @@ import pytest
 
 import stepfsm
 from stepfsm import registry
+from tests.support import stacks
 
 try:
     from hypothesis import HealthCheck, settings
@@ -168,7 +169,9 @@ def run_threads(n: int, target: Any, timeout: float = 30.0) -> list[BaseExceptio
         thread.join(max(0.0, deadline - time.monotonic()))
     alive = [t for t in threads if t.is_alive()]
     if alive:
-        raise AssertionError(f"{len(alive)} threads still running after {timeout} s: deadlock?")
+        raise AssertionError(
+            f"{len(alive)} threads still running after {timeout} s: deadlock? Stacks:\n{stacks()}"
+        )
     return errors
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -24,3 +26,15 @@ def require_dot() -> None:
         import graphviz  # noqa: F401
     except ImportError:
         require(False, "the Python package 'graphviz'")
+
+
+def stacks() -> str:
+    """Every thread's stack, from faulthandler (C level: safe while other threads run).
+
+    Never ``sys._current_frames()`` plus frame locals: on CPython 3.11 that can
+    wedge the interpreter when a thread exits meanwhile.
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        faulthandler.dump_traceback(out, all_threads=True)
+        out.seek(0)
+        return out.read()

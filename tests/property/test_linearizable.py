@@ -17,12 +17,10 @@ races of 4 threads (no gates; some calls fail on purpose).
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import random
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -47,6 +45,7 @@ from hypothesis import strategies as st
 import stepfsm
 from stepfsm.states import State
 from stepfsm.testing import OUTCOMES, Behaviour, Call, Config, Op, Outcome, linearize, perform
+from tests.support import stacks
 
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
 OPS: tuple[Op, ...] = (
@@ -131,14 +130,6 @@ def _waiters(step: CountingStep) -> int:
     return len(condition._waiters) if condition is not None else 0  # type: ignore[attr-defined]
 
 
-def _stacks() -> str:
-    """Every thread's stack, from faulthandler (C level: safe while other threads run)."""
-    with tempfile.TemporaryFile("w+") as out:
-        faulthandler.dump_traceback(out, all_threads=True)
-        out.seek(0)
-        return out.read()
-
-
 def _settle(workers: list[Worker], gate: Gate) -> None:
     """Wait until every worker is idle, blocked in the gate, or waiting on the step.
 
@@ -159,7 +150,7 @@ def _settle(workers: list[Worker], gate: Gate) -> None:
             raise AssertionError(
                 f"threads {[w.index for w in pending]} neither finished nor waited within "
                 f"{SETTLE_TIMEOUT:g} s ({_waiters(workers[0].step)} waiting on the step): a "
-                f"deadlock or a busy loop in the lifecycle. Stacks:\n{_stacks()}"
+                f"deadlock or a busy loop in the lifecycle. Stacks:\n{stacks()}"
             )
         time.sleep(0.0002)
 
@@ -229,7 +220,7 @@ def _interleave(workers: list[Worker], gate: Gate, moves: list[str], schedule: l
     assert not stuck, (
         f"after [{', '.join(moves)}] threads {[w.index for w in stuck]} still wait although no "
         f"load/unload is running and the step is {stepfsm.state(workers[0].step).value!r}: a "
-        f"lost wake-up. Stacks:\n{_stacks()}"
+        f"lost wake-up. Stacks:\n{stacks()}"
     )
 
 

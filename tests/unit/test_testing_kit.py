@@ -7,8 +7,10 @@ cleanly. The classes live at module level so that pickling them works.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import re
+import weakref
 from typing import Any, ClassVar
 
 import pytest
@@ -16,7 +18,7 @@ from hypothesis import settings
 from hypothesis.stateful import rule
 
 import stepfsm
-from stepfsm import testing
+from stepfsm import registry, testing
 from stepfsm.testing import STEP, LifecycleMachine, check_lifecycle
 
 EXAMPLES = 60  # per correct class; broken ones fail within a few examples
@@ -213,6 +215,26 @@ class FailAfterAcquireLeaks(Good):
 def test_check_lifecycle_passes_correct_classes(factory: type) -> None:
     """A class that keeps the contract passes, including one whose first load fails."""
     check_lifecycle(factory, is_held=res_held, max_examples=EXAMPLES)
+
+
+def test_check_lifecycle_leaves_no_object_alive() -> None:
+    """Every object the check made (copies and pickles too) is garbage once it returns.
+
+    The registry keeps a lifecycle as long as its object lives, so a listener
+    left subscribed that refers to the object would keep it alive for good.
+    """
+    made: list[weakref.ref[Any]] = []
+
+    def factory() -> Good:
+        step = Good()
+        made.append(weakref.ref(step))
+        return step
+
+    check_lifecycle(factory, is_held=res_held, max_examples=EXAMPLES)
+    gc.collect()
+    assert len(made) >= EXAMPLES
+    assert [ref() for ref in made if ref() is not None] == []
+    assert [lc for lc in registry.LIVE.values() if isinstance(lc._owner(), Good)] == []
 
 
 def test_check_lifecycle_passes_a_correct_pydantic_model() -> None:
