@@ -12,8 +12,10 @@ deadline), chosen with ``HYPOTHESIS_PROFILE``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -108,6 +110,25 @@ class FakeStep:
     @property
     def held(self) -> bool:
         return self.handle is not None and not self.handle.closed
+
+
+@pytest.fixture
+def quiet_log() -> Iterator[None]:
+    """Planned failures log at WARNING; keep them out of the captured log."""
+    logger = logging.getLogger("stepfsm")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def busy_switching() -> Iterator[None]:
+    """Make the interpreter switch threads every few microseconds, so interleavings happen."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,8 @@ COPIES = ("copy.copy", "copy.deepcopy", "pickle")
 WAIT_TIMEOUT = 5.0
 NO_FAULT = Outcome()
 Action = tuple[str, Outcome]
+#: The model's operations on the step itself (a copy is an action of its own here).
+LIFECYCLE_OPS: tuple[Op, ...] = tuple(op for op in OPS if op != "copy")
 
 #: Lifecycle slots that do not decide future behaviour (clocks, records, wiring).
 _NOT_STATE = frozenset(
@@ -86,9 +88,9 @@ def describe(action: Action) -> str:
 def forget_frames(error: BaseException | None) -> None:
     """Clear the locals of an observed exception's frames (and its causes').
 
-    stepfsm keeps failed calls' exceptions in ``lifecycle.history``; their
-    frames hold the step, and the registry holds the lifecycle, so without
-    this every failed step would stay alive (bug B2 in MUTANTS.md's notes).
+    A failed step keeps its exception as ``lifecycle.error``; its frames hold
+    the step, and the registry holds the lifecycle, so without this every
+    step left failed would stay alive (see bug B2 in MUTANTS.md's notes).
     """
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
@@ -100,9 +102,7 @@ def forget_frames(error: BaseException | None) -> None:
 def alphabet(config: Config, on_repeat: stepfsm._settings.OnRepeat = "raise") -> list[Action]:
     """Every distinct action from ``config``: faults vary only where the model runs code."""
     actions: list[Action] = []
-    for op in OPS:
-        if op == "copy":
-            continue
+    for op in LIFECYCLE_OPS:
         for outcome, _, _ in candidates(config, op, on_repeat=on_repeat):
             actions.append((op, outcome))
     actions.extend((how, NO_FAULT) for how in COPIES)
@@ -175,7 +175,7 @@ def act(subject: Subject, action: Action) -> Result:
     history_before = lc.history
     forget_calls(step)
     with planned(step, outcome):
-        observed = perform(step, op, use=_use)
+        observed = perform(step, op, use=use_step)
     forget_frames(observed.error)
     ran = calls_of(step)
     observed = Observed(observed.error, observed.returned, observed.warnings, ran)
@@ -270,14 +270,15 @@ def replay(
         if name in COPIES:
             continue
         with planned(step, outcome):
-            forget_frames(perform(step, name, use=_use).error)  # type: ignore[arg-type]
+            forget_frames(perform(step, name, use=use_step).error)  # type: ignore[arg-type]
     forget_calls(step)
     subject.config = config
     subject.holds_resource = holds_resource
     return subject
 
 
-def _use(step: Any) -> object:
+def use_step(step: Any) -> object:
+    """The guarded use of a CountingStep (its ``use()``)."""
     return step.use()
 
 

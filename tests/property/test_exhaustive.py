@@ -19,7 +19,6 @@ sequence up to a smaller depth from scratch, with no merging at all.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Hashable, Iterator
@@ -41,19 +40,15 @@ Situation = Hashable
 
 
 @pytest.fixture(autouse=True)
-def _lean() -> Iterator[None]:
+def _lean(quiet_log: None) -> Iterator[None]:
     """Planned failures: keep their log records out of the capture and their exceptions unkept.
 
     ``history=1`` keeps only each lifecycle's last record, which after the
     forced unload that ends every run holds no exception (bug B2 in
     MUTANTS.md: a kept exception keeps its step alive, which slows gc).
     """
-    logger = logging.getLogger("stepfsm")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
     with stepfsm.configure(history=1):
         yield
-    logger.setLevel(level)
 
 
 def situation(subject: Subject) -> Situation:

@@ -17,9 +17,6 @@ Every call is also checked against the reference model as it runs (fsm_driver.ac
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 from fsm_driver import NO_FAULT, Action, Subject, act, alphabet, dispose, observed_state, run
 from fsm_fakes import held, open_count
@@ -30,15 +27,7 @@ import stepfsm
 from stepfsm.states import State
 from stepfsm.testing import Config, candidates
 
-
-@pytest.fixture(autouse=True)
-def _quiet_log() -> Iterator[None]:
-    """Planned failures log at WARNING; keep them out of the captured log."""
-    logger = logging.getLogger("stepfsm")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_log")
 
 
 @st.composite

@@ -17,18 +17,15 @@ races of 4 threads (no gates; some calls fail on purpose).
 
 from __future__ import annotations
 
-import logging
 import os
 import random
-import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from fsm_driver import Subject, act, dispose
+from fsm_driver import LIFECYCLE_OPS, Subject, act, dispose, use_step
 from fsm_fakes import (
     CountingStep,
     Gate,
@@ -48,17 +45,6 @@ from stepfsm.testing import OUTCOMES, Behaviour, Call, Config, Op, Outcome, line
 from tests.support import stacks
 
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
-OPS: tuple[Op, ...] = (
-    "load",
-    "ensure_loaded",
-    "unload",
-    "unload_force",
-    "reload",
-    "reload_force",
-    "acquire",
-    "release",
-    "use",
-)
 #: Sequential set-ups the threads start from (run and checked by fsm_driver first).
 SETUPS: dict[str, tuple[tuple[str, Outcome], ...]] = {
     "unloaded": (),
@@ -74,23 +60,12 @@ RACES = 1000
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    """Planned failures log at WARNING and warn from threads: keep both out of the way."""
-    logger = logging.getLogger("stepfsm")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
+def _quiet(quiet_log: None, busy_switching: None) -> Iterator[None]:
+    """Planned failures log and warn from threads: keep both out of the way."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stepfsm.StepFSMWarning)
         yield
-    sys.setswitchinterval(interval)
-    logger.setLevel(level)
     reset()
-
-
-def _use(step: Any) -> object:
-    return step.use()
 
 
 class Worker:
@@ -112,7 +87,7 @@ class Worker:
         for op in self.ops:
             self.go.acquire()
             invoked = next(self.clock)
-            observed = perform(self.step, op, use=_use, record_warnings=False)
+            observed = perform(self.step, op, use=use_step, record_warnings=False)
             responded = next(self.clock)
             ran = calls_of(self.step, threading.get_ident())
             label = f"t{self.index}.{op}()"
@@ -235,7 +210,9 @@ GATED = settings(
 @GATED
 @given(
     setup=st.sampled_from(sorted(SETUPS)),
-    plans=st.lists(st.lists(st.sampled_from(OPS), min_size=1, max_size=3), min_size=2, max_size=4),
+    plans=st.lists(
+        st.lists(st.sampled_from(LIFECYCLE_OPS), min_size=1, max_size=3), min_size=2, max_size=4
+    ),
     schedule=st.lists(st.integers(min_value=0, max_value=MAX_CHOICES - 1), max_size=MAX_MOVES),
 )
 def test_gated_interleavings_are_linearizable(
@@ -281,7 +258,7 @@ def _racer(
         for number, (op, outcome) in enumerate(plans[index]):
             with thread_plan(outcome):
                 invoked = next(clock)
-                observed = perform(step, op, use=_use, record_warnings=False)
+                observed = perform(step, op, use=use_step, record_warnings=False)
                 responded = next(clock)
             ran = calls_of(step, me)
             label = f"t{index}.{op}()#{number}" + (f" [{outcome}]" if outcome else "")
@@ -303,7 +280,10 @@ def test_race_loop_is_linearizable() -> None:
             act(subject, action)
         step, start = subject.step, subject.config
         plans = [
-            [(rng.choice(OPS), rng.choice(OUTCOMES) if rng.random() < 0.2 else None) for _ in "123"]
+            [
+                (rng.choice(LIFECYCLE_OPS), rng.choice(OUTCOMES) if rng.random() < 0.2 else None)
+                for _ in "123"
+            ]
             for _ in range(4)
         ]
         calls: list[Call] = []

@@ -14,13 +14,12 @@ exactly when the fake's own accounting says the failed code left it held).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+from fsm_driver import LIFECYCLE_OPS
 from fsm_fakes import CountingStep, calls_of, forget_calls, held, open_count, planned, reset
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -47,16 +46,8 @@ STATEFUL = settings(
     suppress_health_check=[HealthCheck.too_slow],
     report_multiple_bugs=False,
 )
-FAULTY_OPS: tuple[Op, ...] = (
-    "load",
-    "ensure_loaded",
-    "unload",
-    "unload_force",
-    "reload",
-    "reload_force",
-    "acquire",
-    "release",
-)
+#: The operations that can run the step's own load/unload code.
+FAULTY_OPS: tuple[Op, ...] = tuple(op for op in LIFECYCLE_OPS if op != "use")
 FAULTS = OUTCOMES[1:]  # every outcome in which some code raises or is interrupted
 
 
@@ -124,16 +115,6 @@ class FakeLifecycle(LifecycleMachine):
                     f"{tracked.name} ('{tracked.config.state.value}') has "
                     f"{open_count(tracked.obj)} open resources, expected {expected}"
                 )
-
-
-@pytest.fixture
-def quiet_log() -> Iterator[None]:
-    """Planned failures log at WARNING; keep them out of the captured log."""
-    logger = logging.getLogger("stepfsm")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.mark.usefixtures("quiet_log")

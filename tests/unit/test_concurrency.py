@@ -9,7 +9,6 @@ fails the test instead of hanging CI.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -737,15 +736,6 @@ def test_stale_release_after_parent_unload_does_not_steal_a_new_hold() -> None:
 
 
 # ------------------------------------------------------------------ the storm
-
-
-@pytest.fixture
-def busy_switching() -> Iterator[None]:
-    """Make the interpreter switch threads every few microseconds, so interleavings happen."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(previous)
 
 
 class StormThread:

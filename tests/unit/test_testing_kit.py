@@ -42,9 +42,8 @@ def res_held(obj: Any) -> bool:
 # ------------------------------------------------------------ correct classes
 
 
-@stepfsm.stateful
-class Good:
-    """Acquires in load, releases in unload."""
+class Contract:
+    """Acquires in load, releases in unload (made stateful by the classes below)."""
 
     def __init__(self) -> None:
         self.res: Res | None = None
@@ -56,6 +55,11 @@ class Good:
         if self.res is not None:
             self.res.close()
         self.res = None
+
+
+@stepfsm.stateful
+class Good(Contract):
+    """The contract, through the decorator."""
 
 
 class GoodFirstLoadFails(Good):
@@ -86,19 +90,8 @@ class GoodFailsAfterAcquiring(Good):
             raise MemoryError("out of memory while warming up")
 
 
-class GoodMixin(stepfsm.Stateful):
-    """The same contract through the Stateful mixin, with a guarded method."""
-
-    def __init__(self) -> None:
-        self.res: Res | None = None
-
-    def load(self) -> None:
-        self.res = Res()
-
-    def unload(self) -> None:
-        if self.res is not None:
-            self.res.close()
-            self.res = None
+class GoodMixin(Contract, stepfsm.Stateful):
+    """The same contract through the Stateful mixin."""
 
 
 # ------------------------------------------------------------- broken classes
@@ -117,11 +110,6 @@ class UnloadPartial(Good):
     def load(self) -> None:
         self.res = Res()
         self.cache = Res()
-
-    def unload(self) -> None:
-        if self.res is not None:
-            self.res.close()
-        self.res = None
 
 
 def partial_held(obj: Any) -> bool:
