@@ -733,13 +733,15 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _fail(self, message: str) -> NoReturn:
         # Leave out objects that were made but never touched again: they only add noise.
         text = " ".join(self.log[1:]) + " " + message
+
+        def mentioned(entry: str) -> bool:
+            name = entry.split(" ", 1)[0]
+            return f"{name}." in text or f"({name})" in text or f"{name} " in message
+
         shown = [
             entry
             for index, entry in enumerate(self.log)
-            if not (index and entry.endswith(" = factory()"))
-            or f"{entry.split(' ', 1)[0]}." in text
-            or f"({entry.split(' ', 1)[0]})" in text
-            or f"{entry.split(' ', 1)[0]} " in message
+            if not (index and entry.endswith(" = factory()")) or mentioned(entry)
         ]
         raise AssertionError(f"after [{', '.join(shown)}] {message}")
 

@@ -202,8 +202,8 @@ def make_stateful(
     )
     _check_definition(cls, cfg)
     _wrap(cls, "__stepfsm__", cfg)
-    _wrap(cls, cfg.load, _wrap_transition(getattr(cls, cfg.load), unload=False))
-    _wrap(cls, cfg.unload, _wrap_transition(getattr(cls, cfg.unload), unload=True))
+    _wrap(cls, cfg.load, _wrap_transition(getattr(cls, cfg.load), Lifecycle.call_load))
+    _wrap(cls, cfg.unload, _wrap_transition(getattr(cls, cfg.unload), Lifecycle.call_unload))
     for name in cfg.guard:
         _wrap(cls, name, make_guard(getattr(cls, name), name))
     _install_copy_hooks(cls)
@@ -282,19 +282,18 @@ def _wrap(cls: type, name: str, wrapper: object) -> None:
     type.__setattr__(cls, name, wrapper)
 
 
-def _wrap_transition(fn: Callable[..., Any], unload: bool) -> Callable[..., Any] | None:
-    """Wrap a class's own load (or unload) method so calls go through its lifecycle."""
+def _wrap_transition(
+    fn: Callable[..., Any], call: Callable[[Lifecycle, Callable[..., Any], Any, Any], Any]
+) -> Callable[..., Any] | None:
+    """Wrap a class's own load (or unload) method ``fn``: calls go through ``call``.
+
+    ``call`` is ``Lifecycle.call_load`` or ``Lifecycle.call_unload``.
+    """
     if hasattr(fn, "__stepfsm_original__"):
         return None
 
-    if unload:
-
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return lifecycle(self).call_unload(fn, args, kwargs)
-    else:
-
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return lifecycle(self).call_load(fn, args, kwargs)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return call(lifecycle(self), fn, args, kwargs)
 
     functools.update_wrapper(method, fn)
     method.__stepfsm_original__ = fn  # type: ignore[attr-defined]
