@@ -1,13 +1,16 @@
 """stepfsm: an explicit, thread-safe lifecycle for resource-holding pipeline steps.
 
-Layering, bottom to top (each module imports only those above it in this list):
+Layering, bottom to top (each module imports only modules above it in this
+list; ``tests/unit/test_layout.py`` checks it):
 
-* ``states``   the states and the transition table, as plain data
-* ``errors``   the error and warning hierarchy
-* ``_settings`` process-wide policies (``configure``) and listeners
-* ``registry`` live lifecycles of this process, ``status()``, ``unload_all()``, fork
-* ``machine``  ``Lifecycle``: the ``transitions`` machine, lock, holders, history
-* ``wrap``     ``@stateful`` / ``Stateful``: wrapping load/unload and guards
+* ``states``     the states and the transition table, as plain data
+* ``errors``     the error and warning hierarchy, every message, the logger
+* ``_settings``  policies and their one resolver, class configuration, listeners
+* ``_snapshot``  what a load set: pre-load values, copies, pickles
+* ``_engine``    the shared ``transitions`` machine and firing a trigger
+* ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
+* ``machine``    ``Lifecycle``: claims, holders, waiting, operations, recovery
+* ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping, guards
 * ``diagrams``, ``cli``, ``testing``, ``integrations.*``: built on the above,
   imported only when used (``import stepfsm`` never imports distilabel,
   graphviz, hypothesis, rich or IPython).
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._settings import Configured as Configured
 from ._settings import configure as configure
+from ._settings import is_stateful as is_stateful
 from ._settings import subscribe as subscribe
 from .errors import AlreadyLoadedError as AlreadyLoadedError
 from .errors import CleanupWarning as CleanupWarning
@@ -48,7 +52,6 @@ from .registry import status as status
 from .registry import unload_all as unload_all
 from .states import State as State
 from .wrap import Stateful as Stateful
-from .wrap import is_stateful as is_stateful
 from .wrap import stateful as stateful
 
 if TYPE_CHECKING:
@@ -127,15 +130,15 @@ def ensure_loaded(obj: object) -> bool:
     return lifecycle(obj).ensure_loaded()
 
 
-def reload(obj: object, force: bool = False) -> None:
-    """Unload ``obj`` (if loaded) and load it again.
+def reload(obj: object, force: bool = False) -> Any:
+    """Unload ``obj`` (if loaded) and load it again; returns what its load returned.
 
     Raises:
         StepInUseError: other holders remain and ``force`` is false.
         LoadError: the load raised.
         TypeError: ``obj`` is not stateful.
     """
-    lifecycle(obj).reload(force=force)
+    return lifecycle(obj).reload(force=force)
 
 
 @contextlib.contextmanager

@@ -1,29 +1,67 @@
-"""Process-wide settings: the global policies, timeout, history size and listeners.
+"""Settings: the policies and their one resolver, class configuration, listeners.
 
-The nearest setting wins: an instance's own setting, then its class's
-(decorator argument), then the values here. :func:`configure` changes them and
+A setting is looked up in four places, nearest first, by :func:`resolve`:
+
+1. the instance (``lifecycle(step).on_repeat = "warn"``),
+2. the class (``@stateful(on_repeat="warn")``, inherited by subclasses),
+3. an integration's :class:`Layer` (``install(on_repeat="warn")`` for distilabel),
+4. the process-wide values that :func:`configure` changes.
+
+``None`` at the first three levels means "not set here". :func:`configure`
 returns a handle that restores the previous values, either when used as a
 context manager or when :meth:`Configured.restore` is called.
+
+Process-wide listeners are kept here too; :func:`subscribe` and its
+unsubscribe function may race from any number of threads.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+
+from .errors import bad_listener
 
 if TYPE_CHECKING:
     from .machine import Lifecycle, TransitionRecord
 
-__all__ = ["Configured", "OnRepeat", "OnUnloadedUse", "configure", "subscribe"]
+__all__ = [
+    "ClassConfig",
+    "Configured",
+    "Layer",
+    "OnRepeat",
+    "LOADED_FLAG",
+    "OnUnloadedUse",
+    "check_policy",
+    "check_timeout",
+    "class_config",
+    "configure",
+    "is_stateful",
+    "listeners",
+    "patch",
+    "resolve",
+    "subscribe",
+    "unpatch",
+]
 
 OnRepeat = Literal["raise", "warn", "ignore"]
 OnUnloadedUse = Literal["raise", "warn", "ignore"]
 Listener = Callable[["Lifecycle", "TransitionRecord"], object]
+#: The settings :func:`resolve` knows, and the type of each.
+Setting = Literal["on_repeat", "on_unloaded_use", "timeout"]
 
-ON_REPEAT_CHOICES: Final = frozenset(get_args(OnRepeat))
-ON_UNLOADED_USE_CHOICES: Final = frozenset(get_args(OnUnloadedUse))
+POLICIES: Final = frozenset(get_args(OnRepeat))
+
+#: The instance attribute that is ``True`` exactly while a step (whose class
+#: has a ``__dict__``) is loaded: the guards' fast path reads it. Stateful
+#: classes carry ``False`` under the same name, so a read never reaches a
+#: ``__getattr__``. Copies, pickles, ``model_dump()`` and ``==`` never see it.
+LOADED_FLAG: Final = "__stepfsm_loaded__"
 
 
 class _Settings:
@@ -36,7 +74,7 @@ class _Settings:
         self.history: int = 32
 
 
-SETTINGS: Final = _Settings()
+_GLOBAL: Final = _Settings()
 
 
 class Layer:
@@ -45,23 +83,108 @@ class Layer:
     ``None`` means "not set here".
     """
 
-    __slots__ = ("on_repeat", "on_unloaded_use", "raise_original")
+    __slots__ = ("on_repeat", "on_unloaded_use", "raise_original", "timeout")
 
     def __init__(self) -> None:
         self.on_repeat: OnRepeat | None = None
         self.on_unloaded_use: OnUnloadedUse | None = None
+        self.timeout: float | None = None
         #: a failing load/unload raises the step's own exception instead of
         #: LoadError/UnloadError (the step is still 'failed'); for migration modes
         self.raise_original = False
 
 
-#: Process-wide listeners; replaced (never mutated) so readers need no lock.
-LISTENERS: list[Listener] = []
+@dataclass(frozen=True)
+class ClassConfig:
+    """The stateful settings of a class, inherited by its subclasses."""
+
+    load: str = "load"
+    unload: str = "unload"
+    guard: tuple[str, ...] = ()
+    on_repeat: OnRepeat | None = None
+    on_unloaded_use: OnUnloadedUse | None = None
+    timeout: float | None = None
+    #: instances have a ``__dict__`` (the loaded flag lives there; copies are patched)
+    has_dict: bool = True
+    #: instances are pydantic models (private attributes are snapshotted too)
+    private: bool = False
+    #: the ``__slots__`` names whose values a copy carries
+    slots: tuple[str, ...] = ()
+    #: run just before the user's load code (integrations use it; see distilabel)
+    before_load: Callable[[Any], None] | None = None
+    #: an integration's policies, consulted after the class's own and before the global ones
+    layer: Layer | None = None
+
+
+def class_config(cls: type) -> ClassConfig | None:
+    """The :class:`ClassConfig` of a stateful class, or ``None``."""
+    return getattr(cls, "__stepfsm__", None)
+
+
+def is_stateful(obj: object) -> bool:
+    """Whether ``obj`` (a class or an instance) has a stepfsm lifecycle."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return getattr(cls, "__stepfsm__", None) is not None
+
+
+_MISSING: Final[Any] = object()
+
+
+def patch(cls: type, name: str, value: object) -> None:
+    """Set ``name`` on ``cls`` and remember what was there, so :func:`unpatch` can undo it."""
+    patched = cls.__dict__.get("__stepfsm_patched__")
+    if patched is None:
+        patched = {}
+        type.__setattr__(cls, "__stepfsm_patched__", patched)
+    patched.setdefault(name, cls.__dict__.get(name, _MISSING))
+    type.__setattr__(cls, name, value)
+
+
+def unpatch(cls: type) -> None:
+    """Undo every :func:`patch` on ``cls`` alone (subclasses are not touched)."""
+    patched = cls.__dict__.get("__stepfsm_patched__")
+    if not patched:
+        return
+    for name, previous in patched.items():
+        if previous is _MISSING:
+            if name in cls.__dict__:
+                type.__delattr__(cls, name)
+        else:
+            type.__setattr__(cls, name, previous)
+    type.__delattr__(cls, "__stepfsm_patched__")
+
+
+def resolve(name: Setting, own: Mapping[str, Any] | None, cfg: ClassConfig) -> Any:
+    """The setting ``name`` in force: instance (``own``), class, integration layer, global."""
+    if own is not None:
+        value = own.get(name)
+        if value is not None:
+            return value
+    value = getattr(cfg, name)
+    if value is not None:
+        return value
+    layer = cfg.layer
+    if layer is not None:
+        value = getattr(layer, name)
+        if value is not None:
+            return value
+    return getattr(_GLOBAL, name)
+
+
+def history_size() -> int:
+    """How many transitions a lifecycle whose history starts now keeps."""
+    return _GLOBAL.history
+
+
+def raise_original(cfg: ClassConfig) -> bool:
+    """Whether an integration asked for the step's own exceptions (a migration mode)."""
+    layer = cfg.layer
+    return layer is not None and layer.raise_original
 
 
 def check_policy(value: object, what: str, error: type[Exception] = ValueError) -> None:
     """Raise ``error`` unless ``value`` is one of the three policy names."""
-    if value not in ON_REPEAT_CHOICES:
+    if value not in POLICIES:
         raise error(
             f"{what} must be one of 'raise', 'warn', 'ignore', not {value!r}; "
             f"for example {what}='warn'."
@@ -100,7 +223,7 @@ class Configured:
     def restore(self) -> None:
         """Put back the settings that were in force before :func:`configure`."""
         for key, value in self._previous.items():
-            setattr(SETTINGS, key, value)
+            setattr(_GLOBAL, key, value)
 
     def __enter__(self) -> Configured:
         return self
@@ -155,28 +278,89 @@ def configure(
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be a whole number >= 1, not {history!r}")
         changes["history"] = history
-    previous = {key: getattr(SETTINGS, key) for key in changes}
+    previous = {key: getattr(_GLOBAL, key) for key in changes}
     for key, value in changes.items():
-        setattr(SETTINGS, key, value)
+        setattr(_GLOBAL, key, value)
     return Configured(previous)
+
+
+def snapshot() -> Configured:
+    """A handle that puts every process-wide setting back as it is now (tests use it)."""
+    return Configured({key: getattr(_GLOBAL, key) for key in _Settings.__slots__})
+
+
+# ------------------------------------------------------------------ listeners
+
+#: Serialises the read-copy-write of listener tables (here and per lifecycle).
+LISTENER_LOCK: Final = threading.Lock()
+#: Process-wide listeners; replaced (never mutated), so readers need no lock.
+_listeners: tuple[Listener, ...] = ()
+
+
+def listeners() -> tuple[Listener, ...]:
+    """The process-wide listeners, in subscription order."""
+    return _listeners
+
+
+def check_listener(fn: object) -> None:
+    """Raise ``TypeError`` unless ``fn`` can be called as ``fn(lifecycle, record)``."""
+    if not callable(fn):
+        raise bad_listener(fn, f"is a {type(fn).__name__}, not a function")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise bad_listener(fn, f"has the signature {signature}") from None
 
 
 def subscribe(fn: Listener) -> Callable[[], None]:
     """Call ``fn(lifecycle, record)`` after every transition of every step.
 
     A listener that raises is logged (logger ``stepfsm``) and never breaks the
-    step. Returns a function that unsubscribes ``fn``.
+    step. An operation on the step from inside a listener is an ordinary call
+    from outside the transition; where it would have to wait for the
+    transition the listener runs in, it raises ``TransitionInProgressError``.
+
+    Returns:
+        A function that unsubscribes ``fn`` (calling it again does nothing).
 
     Raises:
-        TypeError: ``fn`` is not callable.
+        TypeError: ``fn`` cannot be called as ``fn(lifecycle, record)``.
     """
-    global LISTENERS
-    if not callable(fn):
-        raise TypeError(f"subscribe() needs a callable, not {type(fn).__name__}")
-    LISTENERS = [*LISTENERS, fn]
+    global _listeners
+    check_listener(fn)
+    token = _Subscription(fn)
+    with LISTENER_LOCK:
+        _listeners = (*_listeners, token)
 
     def unsubscribe() -> None:
-        global LISTENERS
-        LISTENERS = [f for f in LISTENERS if f is not fn]
+        global _listeners
+        with LISTENER_LOCK:
+            _listeners = tuple(f for f in _listeners if f is not token)
 
     return unsubscribe
+
+
+def restore_listeners(saved: tuple[Listener, ...]) -> None:
+    """Put back a tuple that :func:`listeners` returned (tests use it)."""
+    global _listeners
+    with LISTENER_LOCK:
+        _listeners = saved
+
+
+class _Subscription:
+    """One subscription: the same function subscribed twice is two subscriptions."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Listener) -> None:
+        self.fn = fn
+
+    def __call__(self, lifecycle: Lifecycle, record: TransitionRecord) -> object:
+        return self.fn(lifecycle, record)
+
+    def __repr__(self) -> str:
+        return repr(self.fn)

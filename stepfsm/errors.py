@@ -1,4 +1,4 @@
-"""Every error and warning stepfsm raises or emits.
+"""Every error and warning stepfsm raises or emits, and the text of each.
 
 Two kinds of refusal are kept apart, as trio does with ``ClosedResourceError``
 and ``BrokenResourceError``:
@@ -10,16 +10,25 @@ and ``BrokenResourceError``:
   failed (the step's own ``load()`` or ``unload()`` raised). The step is now
   ``failed`` and the original exception is the ``__cause__``.
 
-Each error stores its facts as attributes and builds its message from them,
-so the text and the data always agree. Every error pickles (a distilabel
-worker sends exceptions back to the parent process).
+Each error and warning stores its facts as attributes and builds its message
+from them, so the text and the data always agree, and each pickles with both
+(a distilabel worker sends exceptions back to its parent process). The
+functions at the end build the errors whose text depends on a class being
+defined (:class:`DefinitionError`) and emit warnings (:func:`emit`).
+
+This module also owns the ``stepfsm`` logger: every warning is logged there
+too (``docs/design.md``, section 6).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import time
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from .states import State
 
@@ -43,8 +52,11 @@ __all__ = [
     "UnloadedUseWarning",
 ]
 
+log: Final = logging.getLogger("stepfsm")
+log.addHandler(logging.NullHandler())  # a library never prints by itself
 
-def _rebuild(cls: type[BaseException], message: str, attrs: dict[str, Any]) -> BaseException:
+
+def _rebuild(cls: Any, message: str, attrs: dict[str, Any]) -> Any:
     error = cls.__new__(cls)
     BaseException.__init__(error, message)
     error.__dict__.update(attrs)
@@ -92,6 +104,31 @@ class StepStateError(StepFSMError):
         self.state = state
         self.operation = operation
         super().__init__(message)
+
+    @classmethod
+    def internal(cls, step: str, state: State, trigger: str) -> StepStateError:
+        """The engine refused a trigger that stepfsm fired: a bug in stepfsm."""
+        return cls(
+            f"{step} cannot {trigger} from state '{state.value}' (an internal stepfsm error; "
+            "please report it).",
+            step=step,
+            state=state,
+            operation=trigger,
+        )
+
+    @classmethod
+    def no_hold(
+        cls, step: str, state: State, holder: str, holders: Sequence[str]
+    ) -> StepStateError:
+        """``release()`` named a holder that holds nothing."""
+        return cls(
+            f"{step} has no hold by {holder} to release (holders: "
+            f"{', '.join(holders) or 'none'}). Call release() once per acquire(), with the "
+            "same holder.",
+            step=step,
+            state=state,
+            operation="release",
+        )
 
 
 class AlreadyLoadedError(StepStateError):
@@ -199,10 +236,13 @@ class TransitionInProgressError(StepStateError):
     """A load or unload of the step is running and the operation could not wait for it.
 
     You get this when waiting for another thread's transition took longer than
-    the lifecycle's ``timeout``, or when code running inside the step's own
-    load or unload asks for a different lifecycle operation on the same step
-    on the same thread (waiting would deadlock). Calls of ``load()`` and
-    guarded methods inside the step's own load pass straight through instead.
+    the lifecycle's ``timeout``, or when code running on the thread of the
+    step's own transition asks for a lifecycle operation on the same step that
+    would have to wait for that transition (waiting would deadlock): a
+    different operation from inside its load or unload, or any operation from
+    a listener, log handler or finalizer that runs during it. Calls of
+    ``load()`` and guarded methods inside the step's own load pass straight
+    through instead (``unload()`` and guarded methods inside its unload).
 
     Attributes:
         timeout: the timeout that expired, or ``None`` for a same-thread re-entry.
@@ -211,11 +251,16 @@ class TransitionInProgressError(StepStateError):
     def __init__(self, step: str, state: State, operation: str, timeout: float | None) -> None:
         self.timeout = timeout
         if timeout is None:
-            doing = "load" if state is State.LOADING else "unload"
+            if state is State.LOADING or state is State.UNLOADING:
+                doing = "load" if state is State.LOADING else "unload"
+                where = f"from inside its own {doing}"
+            else:
+                doing, where = "transition", "while its own transition runs"
             message = (
-                f"{step} cannot {operation}() from inside its own {doing} on the same thread "
+                f"{step} cannot {operation}() {where} on the same thread "
                 f"(state '{state.value}'); waiting would deadlock. Move the call out of "
-                f"{doing}(), after it returns."
+                f"{doing if doing != 'transition' else 'the listener or handler'}(), after it "
+                "returns."
             )
         else:
             message = (
@@ -265,6 +310,17 @@ class LoadError(TransitionError):
     interruption: those leave the step ``failed`` and propagate unchanged.
     """
 
+    @classmethod
+    def in_cleanup(cls, step: str, cause: BaseException) -> LoadError:
+        """The clean-up (unload) that runs before a retried load raised; the load did not run."""
+        return cls(
+            step,
+            "load",
+            cause,
+            detail=" in the clean-up (unload) that runs before a retried load, so the "
+            "load did not run",
+        )
+
 
 class UnloadError(TransitionError):
     """The step's own ``unload()`` raised while unloading a ``loaded`` step.
@@ -279,8 +335,9 @@ class DefinitionError(StepFSMError, TypeError):
     """A class or argument that cannot work, found when it is declared.
 
     Raised by ``@stateful``/``Stateful`` at class-creation time (no ``load``
-    method, a ``guard`` name that is not callable, an unknown policy), never
-    while a step is being used.
+    method, a ``load`` that is a coroutine or generator function, a ``guard``
+    name that is not callable, an unknown policy or option), never while a
+    step is being used.
     """
 
 
@@ -288,21 +345,250 @@ class DiagramError(StepFSMError):
     """A diagram could not be produced in the requested format (e.g. no Graphviz ``dot``)."""
 
 
+# ------------------------------------------------------------------- warnings
+
+
 class StepFSMWarning(UserWarning):
-    """The root of every warning stepfsm emits."""
+    """The root of every warning stepfsm emits.
+
+    Attributes:
+        step: the display name of the step the warning is about.
+    """
+
+    def __init__(self, message: str, *, step: str) -> None:
+        self.step = step
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
 
 
 class RepeatedLoadWarning(StepFSMWarning):
     """``load()`` on a loaded step under ``on_repeat="warn"``; the call was a no-op."""
 
+    def __init__(self, step: str) -> None:
+        super().__init__(
+            f"{step} is already loaded; load() did nothing. Use ensure_loaded() to say that "
+            "on purpose, or reload() to load again.",
+            step=step,
+        )
+
 
 class DuplicateLoadWarning(StepFSMWarning):
-    """A second live object with the same class and configuration was loaded."""
+    """A second live object with the same class and configuration was loaded.
+
+    Attributes:
+        other: the display name of the first object, which is still loaded.
+        other_since: when the first object was loaded (``time.time()``).
+    """
+
+    def __init__(self, step: str, other: str, other_since: float | None) -> None:
+        self.other = other
+        self.other_since = other_since
+        super().__init__(
+            f"{step} has the same configuration as {other}, which is still loaded"
+            f"{f' (since {_clock(other_since)})' if other_since is not None else ''}: two "
+            "copies now hold the resource. Reuse the first, or free it with "
+            "stepfsm.lifecycle(old).unload() or stepfsm.unload_all() (stepfsm.status() "
+            "lists both).",
+            step=step,
+        )
 
 
 class UnloadedUseWarning(StepFSMWarning):
-    """A guarded call on a step that is not loaded, under ``on_unloaded_use="warn"``."""
+    """A guarded call on a step that is not loaded, under ``on_unloaded_use="warn"``.
+
+    Attributes:
+        state: the state the step was in.
+        operation: the guarded method that ran anyway.
+        cause: the error that made the step ``failed``, if it is.
+    """
+
+    def __init__(
+        self, step: str, state: State, operation: str, cause: BaseException | None
+    ) -> None:
+        self.state = state
+        self.operation = operation
+        self.cause = cause
+        refused = "StepFailedError" if state is State.FAILED else "NotLoadedError"
+        super().__init__(
+            f"{step} is not loaded (state '{state.value}'), but {operation}() runs anyway "
+            "because on_unloaded_use='warn'. Call load() or ensure_loaded() first; under the "
+            f"default policy this raises {refused}."
+            + (f" The step failed with {describe(cause)}." if cause is not None else ""),
+            step=step,
+        )
 
 
 class CleanupWarning(StepFSMWarning):
-    """The clean-up (unload) of a ``failed`` step raised; the first error is kept."""
+    """The clean-up (unload) of a ``failed`` step raised; the first error is kept.
+
+    Attributes:
+        cause: the exception the clean-up raised (also ``lifecycle.cleanup_error``).
+    """
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(
+            f"clean-up (unload) of failed {step} raised {describe(cause)}; the step stays "
+            "'failed' and keeps its first error. See lifecycle(step).cleanup_error.",
+            step=step,
+        )
+
+
+# --------------------------------------------------- messages built elsewhere
+
+
+def not_stateful(cls: type) -> TypeError:
+    """``lifecycle(obj)`` (or any stepfsm operation) on an object whose class is not stateful."""
+    hint = (
+        " (or call stepfsm.integrations.distilabel.install() for distilabel steps)"
+        if cls.__module__.startswith("distilabel")
+        else ""
+    )
+    return TypeError(
+        f"{cls.__qualname__} is not stateful: decorate the class with @stepfsm.stateful or "
+        f"inherit stepfsm.Stateful{hint}."
+    )
+
+
+def interrupted(step: str, operation: str) -> RuntimeError:
+    """The stand-in error of a transition whose interruption stepfsm never saw.
+
+    A transition abandoned by an exception that escaped before stepfsm could
+    record it (a second interrupt inside the recovery from a first one) is
+    settled by the next operation, which records this instead.
+    """
+    return RuntimeError(
+        f"the {operation} of {step} was interrupted inside stepfsm's own code by an exception "
+        "that escaped before it could be recorded (for example a second Ctrl-C)"
+    )
+
+
+def missing_method(cls: type, name: str, role: str, hint: str) -> DefinitionError:
+    """The class has no load (or unload) method of that name."""
+    return DefinitionError(
+        f"{cls.__qualname__} has no {name}() method, so it cannot be stateful. "
+        f"Define {name}(self) to {'acquire' if role == 'load' else 'release'} the "
+        f"resource, or pass {role}='<method name>' to @stateful.{hint}"
+    )
+
+
+def bad_method(cls: type, name: str, role: str, kind: str) -> DefinitionError:
+    """The load (or unload) method has a kind that cannot be a transition."""
+    fixes = {
+        "coroutine": (
+            f"an async def; stepfsm runs {role}() synchronously, so its body would never run. "
+            f"Make {name}() a plain def (run the coroutine inside it, e.g. with asyncio.run)"
+        ),
+        "generator": (
+            f"a generator function; calling it only creates a generator, so its body would "
+            f"never run. Remove the yield from {name}()"
+        ),
+        "async generator": (
+            f"an async generator function; its body would never run. Make {name}() a plain "
+            "def without yield"
+        ),
+        "staticmethod": (
+            f"a staticmethod; a step's {role}() must act on the instance. Make it a plain "
+            f"method taking self"
+        ),
+        "classmethod": (
+            f"a classmethod; a step's {role}() must act on the instance, not the class. Make "
+            f"it a plain method taking self"
+        ),
+    }
+    return DefinitionError(
+        f"{cls.__qualname__}.{name}() cannot be the {role} method: it is {fixes[kind]}."
+    )
+
+
+def same_methods(cls: type, name: str) -> DefinitionError:
+    """``load`` and ``unload`` name the same method."""
+    return DefinitionError(
+        f"{cls.__qualname__}: load and unload are both {name!r}; they must be two different "
+        "methods."
+    )
+
+
+def guard_is_transition(cls: type, name: str) -> DefinitionError:
+    """A ``guard`` name is the load or unload method itself."""
+    return DefinitionError(
+        f"{cls.__qualname__}: guard names {name!r}, which is the load/unload method itself; "
+        "guard only the methods that use the loaded resource."
+    )
+
+
+def guard_not_method(cls: type, name: str, hint: str) -> DefinitionError:
+    """A ``guard`` name is not a method of the class."""
+    return DefinitionError(
+        f"{cls.__qualname__}: guard names {name!r}, but that is not a method of the class. "
+        f"Pass the names of methods that need the step loaded.{hint}"
+    )
+
+
+def not_weakrefable(cls: type, dataclass_slots: bool) -> DefinitionError:
+    """Instances cannot be weakly referenced (``__slots__`` without ``__weakref__``)."""
+    if dataclass_slots:
+        fix = (
+            "it is a @dataclass(slots=True) without a __weakref__ slot. Declare it with "
+            "@dataclass(slots=True, weakref_slot=True) (Python 3.11+), or drop slots=True."
+        )
+    else:
+        fix = "it defines __slots__ without '__weakref__'. Add '__weakref__' to its __slots__."
+    return DefinitionError(
+        f"{cls.__qualname__} cannot be stateful: its instances cannot be weakly referenced "
+        f"({fix}" + ")"
+    )
+
+
+def not_a_class(target: object) -> DefinitionError:
+    """``@stateful`` applied to something that is not a class."""
+    return DefinitionError(
+        f"@stateful decorates a class, not {type(target).__name__} {target!r}; put it above a "
+        "`class ...:` statement."
+    )
+
+
+def unknown_options(cls: type, names: Sequence[str], accepted: Sequence[str]) -> DefinitionError:
+    """Unknown keyword arguments for ``Stateful`` (class keywords) or ``@stateful``."""
+    import difflib  # lazily: only definition errors need it
+
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, accepted, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return DefinitionError(
+        f"{cls.__qualname__}: unknown stepfsm option{'s' if len(names) != 1 else ''} "
+        f"{', '.join(parts)}. The accepted options are {', '.join(accepted)}."
+    )
+
+
+def bad_option(cls: type, detail: str) -> DefinitionError:
+    """A stepfsm option with a value that cannot work (a policy name, a timeout)."""
+    return DefinitionError(f"{cls.__qualname__}: {detail}")
+
+
+def bad_listener(fn: object, detail: str) -> TypeError:
+    """``subscribe(fn)`` with something that cannot be called as ``fn(lifecycle, record)``."""
+    return TypeError(
+        f"subscribe() needs a function it can call as fn(lifecycle, record), but {fn!r} "
+        f"{detail}. Define it as `def listener(lifecycle, record): ...`."
+    )
+
+
+# ------------------------------------------------------------------- emitting
+
+#: Frames from these files are stepfsm's own (the last: generated guard wrappers).
+_INTERNAL: Final = (os.path.dirname(os.path.abspath(__file__)), "<stepfsm ")
+
+
+def emit(warning: StepFSMWarning) -> None:
+    """Log ``warning`` and emit it, attributed to the first caller outside stepfsm."""
+    log.warning("%s: %s", type(warning).__name__, warning)
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(warning, stacklevel=level)

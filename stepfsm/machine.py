@@ -1,18 +1,34 @@
-"""The running lifecycle: a ``transitions`` machine, a lock, holders and history.
+"""The running lifecycle: its state, its claim (the lock), holders, waiting and operations.
 
-One :class:`transitions.Machine` is built from :data:`stepfsm.states.TRANSITIONS`
-and shared by every lifecycle. A :class:`Lifecycle` is the machine's model
-(never the user's object, which may be a pydantic model); its events are fired
-with ``Event.trigger(lifecycle)`` so lifecycles are never registered in
-``Machine.models`` (that list holds strong references) and carry no
-per-model trigger attributes.
+Every operation that may change a lifecycle first *claims* it. A claim is the
+pair ``(frame, thread id)`` of the operation's own Python frame, put into a
+process-wide table with one atomic ``dict.setdefault``; it is released when
+the operation ends. A claim is held for the whole operation, including the
+user's own load/unload code (the transient states ``loading``/``unloading``
+last exactly that long), so "is a transition running, and who runs it" is
+always "who holds the claim".
 
-Locking: each lifecycle has one ``threading.Lock``. State is only changed
-with that lock held, and the user's load/unload code always runs with it
-released. Other threads that find a transient state wait on a
-``threading.Condition`` (created lazily, on the first wait), then look at the
-settled state again. The thread running a load or unload is recorded, so its
-own nested calls pass through (DESIGN.md §2 and §4) instead of deadlocking.
+Interrupt safety (``docs/design.md``, section 9; ``docs/decisions.md``,
+"Interrupt safety") rests on three facts:
+
+* A claim can never outlive the code that holds it unnoticed: a frame that
+  has stopped running is dead (``frame.clear()`` succeeds on it and raises on
+  a running one), so a claim whose frame is dead is *abandoned*. Whoever
+  meets one (an operation wanting the claim, a waiter, a read of ``state``)
+  takes it over and settles the lifecycle. No lock can stay held for good,
+  whatever bytecode a ``KeyboardInterrupt`` hits.
+* State changes are ordered so that every prefix is consistent: the loaded
+  flag that guards read is set after the state becomes ``loaded`` and cleared
+  before it leaves it; a transition records that the user's code returned on
+  the same line that calls it.
+* :meth:`Lifecycle._recover` settles a transient state from those records,
+  whether the interrupted operation calls it (it knows the exception) or the
+  next one does: ``loaded`` only if the user's load returned, else ``failed``.
+
+Waiting threads block on a lock of their own, listed on the lifecycle and
+released when the claim is; they also wake every :data:`_SLICE` seconds to
+look for an abandoned claim, so a lost wake-up can delay them but never hang
+them.
 """
 
 from __future__ import annotations
@@ -20,19 +36,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from transitions import Machine, MachineError
-
-from . import _settings, registry
-from ._settings import OnRepeat, OnUnloadedUse, check_policy, check_timeout
+from . import _engine, _settings, _snapshot, registry
+from ._settings import (
+    ClassConfig,
+    OnRepeat,
+    OnUnloadedUse,
+    check_policy,
+    check_timeout,
+    class_config,
+    is_stateful,
+    raise_original,
+    resolve,
+)
 from .errors import (
     AlreadyLoadedError,
     CleanupWarning,
@@ -41,59 +64,32 @@ from .errors import (
     NotLoadedError,
     RepeatedLoadWarning,
     StepFailedError,
-    StepFSMWarning,
     StepInUseError,
     StepStateError,
     TransitionInProgressError,
     UnloadedUseWarning,
     UnloadError,
     describe,
+    emit,
+    interrupted,
+    log,
+    not_stateful,
 )
-from .states import INITIAL, TRANSITIONS, State
+from .states import INITIAL, State, Trigger
 
 if TYPE_CHECKING:
     import datetime as _dt
 
-    from .wrap import ClassConfig
-
-__all__ = ["Lifecycle", "TransitionRecord", "lifecycle"]
-
-log: Final = logging.getLogger("stepfsm")
-log.addHandler(logging.NullHandler())  # a library never prints by itself
-
-
-class _QuietEngine(logging.Filter):
-    """Drop ``transitions``' own records about stepfsm's machine.
-
-    ``transitions`` logs every state entry/exit at INFO; stepfsm logs its
-    transitions itself (logger ``stepfsm``), so those records are noise (and
-    distilabel turns INFO on). Records of the user's own machines pass.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and args and args[0] == "stepfsm: ")
-
-
-logging.getLogger("transitions.core").addFilter(_QuietEngine())
-
-# The engine works on plain string states (the State values): transitions' enum
-# support costs ~7% per trigger. The machine's attribute is ``Lifecycle._fsm``;
-# ``Lifecycle._state`` mirrors it as the ``State`` member after every trigger.
-_MACHINE: Final = Machine(
-    model=None,
-    states=[s.value for s in State],
-    transitions=[
-        {"trigger": t.trigger, "source": [s.value for s in t.sources], "dest": t.dest.value}
-        for t in TRANSITIONS
-    ],
-    initial=INITIAL.value,
-    auto_transitions=False,
-    model_attribute="_fsm",
-    name="stepfsm",
-)
-_STATES: Final[dict[str, State]] = {s.value: s for s in State}
-_EVENTS: Final[dict[str, Any]] = {t.trigger: _MACHINE.events[t.trigger] for t in TRANSITIONS}
+__all__ = [
+    "Lifecycle",
+    "LifecycleStatistics",
+    "TransitionRecord",
+    "call_load",
+    "call_unload",
+    "display_name",
+    "lifecycle",
+    "require_loaded",
+]
 
 _LOADED: Final = State.LOADED
 _LOADING: Final = State.LOADING
@@ -102,17 +98,32 @@ _UNLOADED: Final = State.UNLOADED
 _FAILED: Final = State.FAILED
 
 _get_ident: Final = threading.get_ident
+_getframe: Final = sys._getframe
 _wall: Final = time.time
+_monotonic: Final = time.monotonic
+
+#: ``(frame of the operation holding the claim, its thread id)``
+Claim = tuple[FrameType, int]
+#: Lifecycle -> the claim held on it. One table for all: an empty dict per
+#: lifecycle would cost more memory than the claims ever do.
+_CLAIMS: Final[dict[Lifecycle, Claim]] = {}
+#: Serialises take-overs of abandoned claims (two threads may find the same one).
+_take_over_lock = threading.Lock()
+#: Seconds between a waiter's checks for an abandoned claim.
+_SLICE: Final = 0.2
 
 
-class _Frames(threading.local):
-    """Per thread: the lifecycles whose load/unload this thread is running."""
+def _alive(claim: Claim) -> bool:
+    """Whether the operation that holds ``claim`` is still running.
 
-    def __init__(self) -> None:
-        self.stack: list[tuple[Lifecycle, str]] = []
-
-
-_frames = _Frames()
+    ``frame.clear()`` raises on a frame that is executing (in any thread) and
+    succeeds on one that has finished, releasing what its locals held.
+    """
+    try:
+        claim[0].clear()
+    except RuntimeError:
+        return True
+    return False
 
 
 class TransitionRecord(NamedTuple):
@@ -137,6 +148,27 @@ class TransitionRecord(NamedTuple):
 
 
 _tuple_new: Final[Any] = tuple.__new__  # builds a TransitionRecord without its Python __new__
+
+
+class LifecycleStatistics(NamedTuple):
+    """A frozen view of a lifecycle's bookkeeping, from :meth:`Lifecycle.statistics`.
+
+    Attributes:
+        state: the current state.
+        holders: the display names of the holders.
+        waiting: how many threads are waiting to operate on the step.
+        owner: the id of the thread running an operation on the step, or ``None``.
+        running_user_code: whether that operation is inside the step's own
+            load/unload code right now.
+        since: when the current state was entered (``time.time()``), or ``None``.
+    """
+
+    state: State
+    holders: tuple[str, ...]
+    waiting: int
+    owner: int | None
+    running_user_code: bool
+    since: float | None
 
 
 class _Hold:
@@ -177,9 +209,6 @@ class _ContextHold:
         return f"with loaded() in thread {self.thread}"
 
 
-_MISSING: Final[Any] = object()
-
-
 def display_name(obj: object) -> str:
     """``"TextGeneration 'gen_0'"`` when ``obj`` has a string ``name``, else ``"Cls at 0x…"``."""
     cls = type(obj).__name__
@@ -192,15 +221,13 @@ def display_name(obj: object) -> str:
     return f"{cls} at {id(obj):#x}"
 
 
-_NO_CHANGE: Final[tuple[dict[str, Any], dict[str, Any]]] = ({}, {})
-
-
 class Lifecycle:
-    """The lifecycle of one stateful object: its state, lock, holders and history.
+    """The lifecycle of one stateful object: its state, holders and history.
 
     Get it with :func:`stepfsm.lifecycle`. Its operations and the object's own
     wrapped ``load()``/``unload()`` are the same thing. Every operation is
-    thread-safe; the outcome of each in each state is DESIGN.md §2.
+    thread-safe; the outcome of each in each state is the table in
+    ``docs/design.md``, section 2.
     """
 
     __slots__ = (
@@ -210,76 +237,82 @@ class Lifecycle:
         "_cfg",
         "_children",
         "_cleanup_error",
-        "_cond",
-        "_diff",
+        "_config",
+        "_due",
+        "_engine_state",
         "_error",
         "_evicted",
-        "_fsm",
+        "_from",
         "_history",
         "_hold_key",
         "_holds",
         "_listeners",
         "_load_s",
-        "_load_seq",
-        "_lock",
-        "_on_repeat",
-        "_on_unloaded_use",
         "_outbox",
-        "_owner",
-        "_pre",
+        "_own",
+        "_ret",
         "_since",
         "_state",
-        "_thread",
-        "_timeout",
+        "_user",
+        "_waiters",
+        "owner_ref",
     )
 
     def __init__(self, owner: object, cfg: ClassConfig) -> None:
-        ref = registry.OwnerRef(owner, registry.forget)
-        ref.key = id(owner)
-        self._owner: registry.OwnerRef = ref
+        #: the weak reference to the step (registry bookkeeping)
+        self.owner_ref: registry.OwnerRef = registry.owner_ref(owner)
         self._cfg = cfg
         self._state: State = INITIAL
-        self._fsm: str = INITIAL.value
-        self._lock = threading.Lock()
-        self._cond: threading.Condition | None = None
-        self._thread: int | None = None
+        self._engine_state: str = INITIAL.value
+        self._from: State = INITIAL  # the source of the current (or last) begin_*
         self._since: float | None = None
         self._began = 0.0
         self._load_s: float | None = None
-        self._load_seq = 0
         self._error: BaseException | None = None
         self._cleanup_error: BaseException | None = None
         self._holds: list[_Hold] = []
         self._evicted: dict[int, int] | None = None
         self._acquired_load = False
+        #: holds this step's current load took on other steps: (child, key)
         self._children: list[tuple[Lifecycle, object]] | None = None
+        #: such holds whose parent load ended: released after the operation
+        self._due: list[tuple[Lifecycle, object]] | None = None
         self._hold_key: object = None  # the key of the holds this step's current load takes
+        self._config: Any = None  # its pre-load configuration key, while loaded
         self._history: deque[TransitionRecord] | None = None
         self._listeners: tuple[_settings.Listener, ...] = ()
         self._outbox: list[TransitionRecord] | None = None
-        self._diff: tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]] | None
-        self._diff = None
-        self._pre: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
-        self._on_repeat: OnRepeat | None = None
-        self._on_unloaded_use: OnUnloadedUse | None = None
-        self._timeout: float | None = None
+        self._own: dict[str, Any] | None = None  # the instance's own settings
+        self._waiters: list[Any] = []
+        self._user: Claim | None = None  # the claim whose user load/unload code is running
+        self._ret: tuple[Any] | None = None  # set when the user's code of a transition returns
 
     # ------------------------------------------------------------------ facts
 
     @property
     def state(self) -> State:
-        """The current state."""
-        return self._state
+        """The current state.
+
+        A transient state whose operation was abandoned (an interrupt escaped
+        from stepfsm's own code) is settled by this read.
+        """
+        state = self._state
+        if state is _LOADING or state is _UNLOADING:
+            held = _CLAIMS.get(self)
+            if held is None or not _alive(held):
+                self._repair(held)
+                state = self._state
+        return state
 
     @property
     def step(self) -> object:
         """The object this lifecycle belongs to (``None`` once it has been garbage-collected)."""
-        return self._owner()
+        return self.owner_ref()
 
     @property
     def name(self) -> str:
         """The step's display name, e.g. ``"TextGeneration 'gen_0'"``."""
-        owner = self._owner()
+        owner = self.owner_ref()
         return display_name(owner) if owner is not None else "<dead step>"
 
     @property
@@ -316,42 +349,48 @@ class Lifecycle:
         """How long the last successful load took, in seconds."""
         return self._load_s
 
+    def statistics(self) -> LifecycleStatistics:
+        """A frozen snapshot of the bookkeeping (for tests and debugging)."""
+        held = _CLAIMS.get(self)
+        return LifecycleStatistics(
+            state=self._state,
+            holders=self.holders,
+            waiting=len(self._waiters),
+            owner=held[1] if held is not None else None,
+            running_user_code=held is not None and self._user is held,
+            since=self._since,
+        )
+
+    def _setting(self, name: _settings.Setting, value: Any) -> None:
+        own = self._own
+        if own is None:
+            own = self._own = {}
+        own[name] = value
+
     @property
     def on_repeat(self) -> OnRepeat:
         """What ``load()`` on a loaded step does; set it to override class and global settings.
 
         Setting ``None`` goes back to the class/global setting.
         """
-        cfg = self._cfg
-        return (
-            self._on_repeat
-            or cfg.on_repeat
-            or (cfg.layer and cfg.layer.on_repeat)
-            or _settings.SETTINGS.on_repeat
-        )
+        return resolve("on_repeat", self._own, self._cfg)  # type: ignore[no-any-return]
 
     @on_repeat.setter
     def on_repeat(self, value: OnRepeat | None) -> None:
         if value is not None:
             check_policy(value, "on_repeat")
-        self._on_repeat = value
+        self._setting("on_repeat", value)
 
     @property
     def on_unloaded_use(self) -> OnUnloadedUse:
         """What a guarded call on a step that is not loaded does (instance setting wins)."""
-        cfg = self._cfg
-        return (
-            self._on_unloaded_use
-            or cfg.on_unloaded_use
-            or (cfg.layer and cfg.layer.on_unloaded_use)
-            or _settings.SETTINGS.on_unloaded_use
-        )
+        return resolve("on_unloaded_use", self._own, self._cfg)  # type: ignore[no-any-return]
 
     @on_unloaded_use.setter
     def on_unloaded_use(self, value: OnUnloadedUse | None) -> None:
         if value is not None:
             check_policy(value, "on_unloaded_use")
-        self._on_unloaded_use = value
+        self._setting("on_unloaded_use", value)
 
     @property
     def timeout(self) -> float | None:
@@ -360,15 +399,11 @@ class Lifecycle:
         Setting ``None`` goes back to the class/global setting; use
         ``math.inf`` to wait forever regardless of them.
         """
-        if self._timeout is not None:
-            return self._timeout
-        if self._cfg.timeout is not None:
-            return self._cfg.timeout
-        return _settings.SETTINGS.timeout
+        return resolve("timeout", self._own, self._cfg)  # type: ignore[no-any-return]
 
     @timeout.setter
     def timeout(self, value: float | None) -> None:
-        self._timeout = check_timeout(value)
+        self._setting("timeout", check_timeout(value))
 
     def __repr__(self) -> str:
         since = self.since
@@ -384,8 +419,11 @@ class Lifecycle:
 
     # ------------------------------------------------------------ operations
 
-    def load(self) -> None:
+    def load(self) -> Any:
         """Load the step (the same as calling its own wrapped ``load()``).
+
+        Returns:
+            What the step's own ``load()`` returned (``None`` if it did not run).
 
         Raises:
             AlreadyLoadedError: the step is loaded and ``on_repeat`` is ``"raise"``.
@@ -393,13 +431,16 @@ class Lifecycle:
             TransitionInProgressError: called from inside the step's own unload,
                 or a wait for another thread exceeded ``timeout``.
         """
-        self.call_load(self._user_fn(self._cfg.load), (), {})
+        return self._call_load(self._user_fn(self._cfg.load), (), {})
 
-    def unload(self, force: bool = False) -> None:
+    def unload(self, force: bool = False) -> Any:
         """Unload the step; a no-op when it is ``unloaded``.
 
         Args:
             force: evict the holders instead of raising ``StepInUseError``.
+
+        Returns:
+            What the step's own ``unload()`` returned (``None`` if it did not run).
 
         Raises:
             StepInUseError: other holders remain and ``force`` is false.
@@ -407,7 +448,7 @@ class Lifecycle:
             TransitionInProgressError: called from inside the step's own load,
                 or a wait exceeded ``timeout``.
         """
-        self.call_unload(self._user_fn(self._cfg.unload), (), {}, force)
+        return self._call_unload(self._user_fn(self._cfg.unload), (), {}, force)
 
     def ensure_loaded(self) -> bool:
         """Load the step unless it is loaded already.
@@ -420,25 +461,30 @@ class Lifecycle:
             TransitionInProgressError: called from inside the step's own
                 load/unload, or a wait exceeded ``timeout``.
         """
-        if _frames.stack:
-            parent = self._parent()
+        stack = registry.running()
+        if stack:
+            parent = self._parent(stack)
             if parent is not None:
                 return self._acquire(parent._hold_key, parent.name, parent)
         if self._state is _LOADED:
             return False
+        claim = self._claim("ensure_loaded")
         try:
-            with self._lock:
-                ran = self._ensure("ensure_loaded")
+            return self._ensure(claim)
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
         finally:
-            if self._outbox:
-                self._deliver()
-        return ran
+            self._end(claim)
 
-    def reload(self, force: bool = False) -> None:
+    def reload(self, force: bool = False) -> Any:
         """Unload (if loaded) and load again; from ``failed``, clean up then load.
 
         Args:
             force: reload even while other holders remain (they keep their hold).
+
+        Returns:
+            What the step's own ``load()`` returned.
 
         Raises:
             StepInUseError: other holders remain and ``force`` is false.
@@ -446,21 +492,24 @@ class Lifecycle:
             UnloadError: the unload before the load raised.
             TransitionInProgressError: see :meth:`load`.
         """
+        claim = self._claim("reload")
         try:
-            with self._lock:
-                state = self._state
-                if state is _LOADING or state is _UNLOADING:
-                    state = self._settle("reload")
-                acquired = self._acquired_load  # holders keep their hold across a reload
-                if self._holds and not force and (state is _LOADED or state is _FAILED):
-                    raise self._in_use("reload")
-                if state is _LOADED:
-                    self._unload_now("reload", force=False, keep_holds=True)
-                self._ensure("reload")
-                self._acquired_load = acquired and bool(self._holds)
+            state = self._state
+            acquired = self._acquired_load  # holders keep their hold across a reload
+            if self._holds and not force and (state is _LOADED or state is _FAILED):
+                raise self._in_use("reload")
+            if state is _LOADED:
+                self._unload_now(claim, "reload", self._user_fn(self._cfg.unload), (), {})
+            if self._state is _FAILED:
+                self._cleanup_before_load(claim)
+            result = self._run_load(claim, self._user_fn(self._cfg.load), (), {})
+            self._acquired_load = acquired and bool(self._holds)
+            return result
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
         finally:
-            if self._outbox:
-                self._deliver()
+            self._end(claim)
 
     def acquire(self, holder: object = None) -> None:
         """Take a hold on the step, loading it first if needed.
@@ -489,34 +538,24 @@ class Lifecycle:
             StepStateError: no hold by ``holder`` exists.
             UnloadError: the unload after the last release raised.
         """
+        claim = self._claim("release")
         try:
-            with self._lock:
-                state = self._state
-                if (state is _LOADING or state is _UNLOADING) and self._thread != _get_ident():
-                    self._settle("release")  # decide on the settled state, as every operation does
-                for index in range(len(self._holds) - 1, -1, -1):
-                    if self._holds[index].key is holder:
-                        del self._holds[index]
-                        break
-                else:
-                    owed = self._evicted.get(id(holder), 0) if self._evicted else 0
-                    if owed:
-                        assert self._evicted is not None
-                        self._evicted[id(holder)] = owed - 1
-                        return
-                    raise StepStateError(
-                        f"{self.name} has no hold by {self._label(holder)} to release "
-                        f"(holders: {', '.join(self.holders) or 'none'}). Call release() once "
-                        "per acquire(), with the same holder.",
-                        step=self.name,
-                        state=self._state,
-                        operation="release",
-                    )
-                if not self._holds and self._acquired_load and self._state is _LOADED:
-                    self._unload_now("release", force=False, keep_holds=False)
+            if not self._drop_hold(holder):
+                evicted = self._evicted
+                owed = evicted.get(id(holder), 0) if evicted else 0
+                if owed:
+                    assert evicted is not None
+                    evicted[id(holder)] = owed - 1
+                    return
+                raise StepStateError.no_hold(
+                    self.name, self._state, self._label(holder), self.holders
+                )
+            self._unload_if_unheld(claim)
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
         finally:
-            if self._outbox:
-                self._deliver()
+            self._end(claim)
 
     @contextlib.contextmanager
     def loaded(self) -> Iterator[Any]:
@@ -524,11 +563,14 @@ class Lifecycle:
 
         A step the block loaded is unloaded at the end (when no other holder
         remains); a step that was already loaded stays loaded.
+
+        Raises:
+            LoadError: the load raised.
         """
         token = _ContextHold()
         self.acquire(token)
         try:
-            yield self._owner()
+            yield self.owner_ref()
         finally:
             self.release(token)
 
@@ -540,16 +582,17 @@ class Lifecycle:
         Raises:
             NotLoadedError: the step is ``unloaded`` (policy ``on_unloaded_use="raise"``).
             StepFailedError: the step is ``failed`` (same policy).
-            TransitionInProgressError: a wait exceeded ``timeout``.
+            TransitionInProgressError: a wait exceeded ``timeout``, or the call
+                comes from a listener on the thread of the step's own transition.
         """
-        if self._state is _LOADED or self._thread == _get_ident():
+        if self._state is _LOADED:
             return
-        # Read again under the lock: without it, a compound operation such as
-        # reload() can be seen between its unload and its load ('unloaded').
-        with self._lock:
-            state: State = self._state
-            if state is _LOADING or state is _UNLOADING:
-                state = self._settle(operation)
+        held = _CLAIMS.get(self)
+        if held is not None and held[1] == _get_ident() and _alive(held):
+            if self._user is held:
+                return  # inside the step's own load/unload: pass through
+            raise TransitionInProgressError(self.name, self._state, operation, None)
+        state = self._settled(operation)
         if state is _LOADED:
             return
         policy = self.on_unloaded_use
@@ -561,406 +604,441 @@ class Lifecycle:
             error = NotLoadedError(self.name, state, operation, self._since)
         if policy == "raise":
             raise error
-        _warn(
-            UnloadedUseWarning(
-                f"{self.name} is not loaded (state '{state.value}'), but {operation}() runs "
-                "anyway because on_unloaded_use='warn'. Call load() or ensure_loaded() first; "
-                f"under the default policy this raises {type(error).__name__}."
-                + (f" The step failed with {describe(self._error)}." if self._error else "")
-            )
-        )
+        emit(UnloadedUseWarning(self.name, state, operation, self._error))
+
+    def _settled(self, operation: str) -> State:
+        """The state once no operation runs (waits for one that does).
+
+        A compound operation such as reload() holds the claim between its
+        unload and its load, where the state reads 'unloaded'.
+        """
+        claim = self._claim(operation)
+        state = self._state
+        self._end(claim)
+        return state
 
     def subscribe(self, fn: _settings.Listener) -> Callable[[], None]:
         """Call ``fn(lifecycle, record)`` after each of this step's transitions.
 
         Returns a function that unsubscribes ``fn``. A listener that raises is
-        logged and never breaks the step. The listener lives as long as the
-        step: one that refers to the step keeps it alive (use
-        ``lifecycle.step`` inside it, or unsubscribe).
+        logged and never breaks the step. An operation on the step from inside
+        a listener is an ordinary call from outside the transition; where it
+        would wait for the transition the listener runs in, it raises
+        ``TransitionInProgressError``. The listener lives as long as the step:
+        one that refers to the step keeps it alive (use ``lifecycle.step``
+        inside it, or unsubscribe).
 
         Raises:
-            TypeError: ``fn`` is not callable.
+            TypeError: ``fn`` cannot be called as ``fn(lifecycle, record)``.
         """
-        if not callable(fn):
-            raise TypeError(f"subscribe() needs a callable, not {type(fn).__name__}")
-        self._listeners = (*self._listeners, fn)
+        _settings.check_listener(fn)
+        token = _settings._Subscription(fn)
+        with _settings.LISTENER_LOCK:
+            self._listeners = (*self._listeners, token)
 
         def unsubscribe() -> None:
-            self._listeners = tuple(f for f in self._listeners if f is not fn)
+            with _settings.LISTENER_LOCK:
+                self._listeners = tuple(f for f in self._listeners if f is not token)
 
         return unsubscribe
 
-    # ------------------------------------------------ entry points from wrap
+    # --------------------------------------------------- wrapped load/unload
 
-    def call_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
-        """Run a call of the object's wrapped load method ``fn`` (DESIGN.md §2, §4)."""
-        if self._thread == _get_ident():
+    def _call_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
+        """A call of the object's wrapped load method ``fn`` (or :meth:`load`)."""
+        held = _CLAIMS.get(self)
+        if held is not None and held[1] == _get_ident() and self._user is held and _alive(held):
             if self._state is _LOADING:  # a super().load() inside our own load
-                return fn(self._owner(), *args, **kwargs)
+                return fn(self.owner_ref(), *args, **kwargs)
             raise TransitionInProgressError(self.name, self._state, "load", None)
-        if _frames.stack:
-            parent = self._parent()
+        stack = registry.running()
+        if stack:
+            parent = self._parent(stack)
             if parent is not None:
                 self._acquire(parent._hold_key, parent.name, parent)
                 return None
+        claim = self._claim("load")
         try:
-            with self._lock:
-                while True:
-                    state = self._state
-                    if state is _LOADING or state is _UNLOADING:
-                        state = self._settle("load")
-                    if state is not _LOADED:
-                        self._ensure("load", fn, args, kwargs)
-                        break
-                    policy = self.on_repeat
-                    if policy == "raise":
-                        raise AlreadyLoadedError(self.name, self._since, self._load_s)
-                    if policy == "warn":
-                        _warn(
-                            RepeatedLoadWarning(
-                                f"{self.name} is already loaded; load() did nothing. Use "
-                                "ensure_loaded() to say that on purpose, or reload() to load again."
-                            )
-                        )
-                    break
+            state = self._state
+            if state is _LOADED:
+                policy = resolve("on_repeat", self._own, self._cfg)
+                if policy == "raise":
+                    raise AlreadyLoadedError(self.name, self._since, self._load_s)
+                if policy == "warn":
+                    emit(RepeatedLoadWarning(self.name))
+                return None
+            if state is _FAILED:
+                self._cleanup_before_load(claim)
+            return self._run_load(claim, fn, args, kwargs)
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
         finally:
-            if self._outbox:
-                self._deliver()
-        return None
+            self._end(claim)
 
-    def call_unload(
+    def _call_unload(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, force: bool = False
     ) -> Any:
-        """Run a call of the object's wrapped unload method ``fn`` (DESIGN.md §2, §4)."""
-        if self._thread == _get_ident():
+        """A call of the object's wrapped unload method ``fn`` (or :meth:`unload`)."""
+        held = _CLAIMS.get(self)
+        if held is not None and held[1] == _get_ident() and self._user is held and _alive(held):
             if self._state is _UNLOADING:  # a super().unload() inside our own unload
-                return fn(self._owner(), *args, **kwargs)
+                return fn(self.owner_ref(), *args, **kwargs)
             raise TransitionInProgressError(self.name, self._state, "unload", None)
-        if _frames.stack:
-            key = _frames.stack[-1][0]._hold_key
-            if key is not None:
-                with self._lock:
-                    owned = any(h.key is key for h in self._holds)
-                if owned:
-                    self.release(key)  # the parent's unload lets go of what its load took
-                    return None
+        stack = registry.running()
+        top = self._top(stack) if stack else None
+        key = top[0]._hold_key if top is not None and top[0] is not self else None
+        claim = self._claim("unload")
         try:
-            with self._lock:
-                state = self._state
-                if state is _LOADING or state is _UNLOADING:
-                    state = self._settle("unload")
-                if state is _LOADED:
-                    if self._holds and not force:
-                        raise self._in_use("unload")
-                    self._unload_now("unload", force, keep_holds=False, fn=fn, args=args, kw=kwargs)
-                elif state is _FAILED:
-                    if self._holds and not force:
-                        raise self._in_use("unload")
-                    if force:
-                        self._evict()
-                    self._cleanup("unload", fn, args, kwargs)
-        finally:
-            if self._outbox:
-                self._deliver()
-        return None
-
-    # -------------------------------------------------------------- internals
-
-    def _parent(self) -> Lifecycle | None:
-        """The lifecycle whose load this thread is running, if it is not this one."""
-        parent, op = _frames.stack[-1]
-        if op == "load" and parent is not self:
-            return parent
-        return None
-
-    def _acquire(self, holder: object, label: str, parent: Lifecycle | None = None) -> bool:
-        if self._thread == _get_ident():
-            raise TransitionInProgressError(self.name, self._state, "acquire", None)
-        try:
-            with self._lock:
-                ran = self._ensure("acquire")
-                if ran:
-                    self._acquired_load = True
-                self._holds.append(_Hold(holder, label))
-        finally:
-            if self._outbox:
-                self._deliver()
-        if parent is not None:  # released when the parent's unload completes or its load fails
-            if isinstance(holder, _ParentKey):
-                holder.name = label
-            with parent._lock:
-                if parent._children is None:
-                    parent._children = []
-                parent._children.append((self, holder))
-        return ran
-
-    def _label(self, holder: object) -> str:
-        if holder is None:
-            return f"acquire() in thread {threading.current_thread().name}"
-        if isinstance(holder, Lifecycle):
-            return holder.name
-        if isinstance(holder, (_ContextHold, _ParentKey)):
-            return repr(holder)
-        from .wrap import is_stateful
-
-        if is_stateful(holder):
-            return display_name(holder)
-        text = repr(holder)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    def _settle(self, operation: str) -> State:
-        """With the lock held: wait until no other thread is mid-transition.
-
-        The timeout counts from the first wait.
-        """
-        state = self._state
-        deadline: float | None = None
-        while state is _LOADING or state is _UNLOADING:
-            if self._thread == _get_ident():
-                raise TransitionInProgressError(self.name, state, operation, None)
-            if self._cond is None:
-                self._cond = threading.Condition(self._lock)
-            timeout = self.timeout
-            if timeout is None or timeout == math.inf:
-                self._cond.wait()
-            else:
-                if deadline is None:
-                    deadline = time.monotonic() + timeout
-                remaining = deadline - time.monotonic()
-                timed_out = remaining <= 0 or not self._cond.wait(remaining)
-                if timed_out and self._state is state:
-                    raise TransitionInProgressError(self.name, state, operation, timeout)
+            if key is not None and self._drop_hold(key):
+                self._unload_if_unheld(claim)  # the parent's unload lets go of what its load took
+                return None
             state = self._state
-        return state
-
-    def _ensure(
-        self,
-        operation: str,
-        fn: Callable[..., Any] | None = None,
-        args: tuple[Any, ...] = (),
-        kwargs: Any = None,
-    ) -> bool:
-        """With the lock held: make the step ``loaded``; return whether a load ran."""
-        while True:
-            state = self._state
-            if state is _LOADING or state is _UNLOADING:
-                state = self._settle(operation)
             if state is _LOADED:
-                return False
+                if self._holds and not force:
+                    raise self._in_use("unload")
+                if force:
+                    self._evict()
+                return self._unload_now(claim, "unload", fn, args, kwargs)
             if state is _FAILED:
-                self._cleanup_before_load()
-                continue
-            self._run_load(fn or self._user_fn(self._cfg.load), args, kwargs or {})
+                if self._holds and not force:
+                    raise self._in_use("unload")
+                if force:
+                    self._evict()
+                return self._cleanup(claim, "unload", fn, args, kwargs)[1]
+            return None
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
+        finally:
+            self._end(claim)
+
+    # ---------------------------------------------------------------- claims
+
+    def _claim(self, operation: str) -> Claim:
+        """Claim the lifecycle for the calling operation; wait while another holds it.
+
+        Raises:
+            TransitionInProgressError: this thread's own running operation holds
+                it (waiting would deadlock), or the wait exceeded ``timeout``.
+        """
+        claim = (_getframe(1), _get_ident())
+        held = _CLAIMS.setdefault(self, claim)
+        if held is claim:
+            return claim
+        return self._claim_slow(claim, held, operation)
+
+    def _claim_slow(self, claim: Claim, held: Claim, operation: str) -> Claim:
+        deadline: float | None = None
+        waiter: Any = None
+        try:
+            while True:
+                if not _alive(held):
+                    if self._take_over(held, claim):
+                        self._recover(None)
+                        return claim
+                elif held[1] == claim[1]:
+                    raise TransitionInProgressError(self.name, self._state, operation, None)
+                else:
+                    timeout = self.timeout
+                    if deadline is None and timeout is not None and timeout != math.inf:
+                        deadline = _monotonic() + timeout
+                    if waiter is None:  # listed once; the releaser pops and releases it
+                        waiter = threading.Lock()
+                        waiter.acquire()
+                        self._waiters.append(waiter)
+                    if _CLAIMS.get(self) is held:
+                        pause = _SLICE
+                        if deadline is not None:
+                            pause = min(pause, deadline - _monotonic())
+                            if pause <= 0:
+                                raise TransitionInProgressError(
+                                    self.name, self._state, operation, timeout
+                                )
+                        if waiter.acquire(True, pause):  # woken: listen for the next release
+                            self._waiters.append(waiter)
+                held = _CLAIMS.setdefault(self, claim)
+                if held is claim:
+                    return claim
+        finally:
+            if waiter is not None:
+                with contextlib.suppress(ValueError):  # already taken by a releaser
+                    self._waiters.remove(waiter)
+
+    def _take_over(self, dead: Claim, claim: Claim) -> bool:
+        """Replace the abandoned claim ``dead`` with ``claim``; ``False`` if another thread did."""
+        locked = _take_over_lock.acquire(timeout=1.0)  # held for good only after a 2nd interrupt
+        try:
+            if _CLAIMS.get(self) is not dead:
+                return False
+            _CLAIMS[self] = claim
             return True
+        finally:
+            if locked:
+                _take_over_lock.release()
 
-    def _user_fn(self, name: str) -> Callable[..., Any]:
-        """The user's own (unwrapped) method ``name`` of the most-derived class."""
-        fn = getattr(type(self._owner()), name)
-        return getattr(fn, "__stepfsm_original__", fn)  # type: ignore[no-any-return]
+    def _end(self, claim: Claim) -> None:
+        """End an operation: release its claim, wake waiters, tell listeners, free children."""
+        if _CLAIMS.get(self) is claim:
+            _CLAIMS.pop(self, None)
+        waiters = self._waiters
+        while waiters:
+            try:
+                waiters.pop().release()
+            except IndexError:  # another thread woke the last one
+                break
+        if self._outbox:
+            self._deliver()
+        if self._due:
+            self._release_due()
 
-    def _run_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> None:
-        owner: Any = self._owner()
-        cfg = self._cfg
-        pre = _attributes(owner, cfg) if cfg.has_dict or cfg.slots else None
-        pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
-        if registry.LOADED:
-            # Before begin_load: a warning filtered to an error leaves the state alone.
-            _check_duplicate(self, owner)
-        self._hold_key = _ParentKey()
-        self._pre = (pre, pre_private)  # copies made while the load runs use these
-        self._fire("begin_load")
-        error = self._run_user(owner, "load", fn, args, kwargs)
-        # What the load set, even if it then raised: a failed step may hold part of
-        # the resource, and its copies must not carry it (DESIGN.md §5).
-        before, after = _changes(pre, _attributes(owner, cfg)) if pre is not None else _NO_CHANGE
-        if pre_private is not None:
-            private = _changes(pre_private, owner.__pydantic_private__ or {})
-        else:
-            private = _NO_CHANGE
-        self._diff = (before, after, *private) if before or private[0] else None
-        self._pre = None
-        if error is None:
-            self._load_s = self._history[-1].duration if self._history else None
-            self._load_seq = next(registry.LOAD_ORDER)
-            self._error = self._cleanup_error = None
-            if log.isEnabledFor(logging.INFO):
-                log.info("loaded %s in %.3f s", self.name, self._load_s or 0.0)
+    def _on_error(self, claim: Claim, error: BaseException) -> None:
+        """An operation holding ``claim`` is being left by ``error``: settle what it left."""
+        if _CLAIMS.get(self) is claim:
+            self._recover(error)
+
+    def _repair(self, dead: Claim | None) -> None:
+        """Settle a transient state whose operation is gone (see :attr:`state`)."""
+        claim = (_getframe(), _get_ident())
+        if dead is None:
+            if _CLAIMS.setdefault(self, claim) is not claim:
+                return
+        elif not self._take_over(dead, claim):
             return
-        if self._children:
-            self._release_children()
-        if not isinstance(error, Exception) or self._raise_original():
+        try:
+            self._recover(None)
+        finally:
+            self._end(claim)
+
+    def _recover(self, error: BaseException | None) -> None:
+        """With the claim held: settle what an operation cut short left. Idempotent.
+
+        A transient state ends ``loaded``/``unloaded`` if the user's code
+        returned, else ``failed`` with ``error`` (the interrupt; a stand-in if
+        nobody saw it). Then the loaded flag and tables are made to agree.
+        """
+        self._user = None
+        stack = registry.running()
+        while stack and stack[-1][0] is self:
+            stack.pop()
+        state = self._state
+        owner = self.owner_ref()
+        if state is _LOADING:
+            if owner is not None:
+                _snapshot.finish(owner, self._cfg)
+            if self._ret is not None:
+                self._finish_load()
+            else:
+                self._fail(error if error is not None else interrupted(self.name, "load"))
+        elif state is _UNLOADING:
+            if self._ret is not None:
+                self._finish_unload()
+            else:
+                self._fail(error if error is not None else interrupted(self.name, "unload"))
+        self._ret = None
+        if self._state is _LOADED:
+            if owner is not None:
+                registry.mark_loaded(self, owner, self._config)
+        else:
+            registry.mark_unloaded(self, owner)
+
+    # ----------------------------------------------------------- transitions
+
+    def _ensure(self, claim: Claim) -> bool:
+        """With the claim held: make the step ``loaded``; return whether a load ran."""
+        state = self._state
+        if state is _LOADED:
+            return False
+        if state is _FAILED:
+            self._cleanup_before_load(claim)
+        self._run_load(claim, self._user_fn(self._cfg.load), (), {})
+        return True
+
+    def _run_load(
+        self, claim: Claim, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """With the claim held and the state ``unloaded``: run the load; return its value."""
+        owner: Any = self.owner_ref()
+        cfg = self._cfg
+        config = registry.config_key(owner, cfg)
+        if config is not None:
+            other = registry.find_duplicate(self, owner, config)
+            if other is not None:  # before begin_load: an error filter leaves the state alone
+                emit(DuplicateLoadWarning(self.name, other.name, other._since))
+        self._config = config
+        self._hold_key = _ParentKey()
+        self._ret = None
+        _snapshot.begin(owner, cfg)
+        self._fire("begin_load")
+        if self._outbox:
+            self._deliver()
+        error = self._call_user(claim, owner, "load", fn, args, kwargs)
+        if _CLAIMS.get(self) is not claim:  # forked inside the load: this child starts over
+            return self._abandoned(error)
+        _snapshot.finish(owner, cfg)  # also after a failure: a failed step may hold part
+        if error is None:
+            self._finish_load()
+            ret, self._ret = self._ret, None
+            return ret[0] if ret is not None else None
+        self._fail(error)
+        if not isinstance(error, Exception) or raise_original(cfg):
             raise error
         raise LoadError(self.name, "load", error) from error
 
     def _unload_now(
         self,
+        claim: Claim,
         operation: str,
-        force: bool,
-        keep_holds: bool,
-        fn: Callable[..., Any] | None = None,
-        args: tuple[Any, ...] = (),
-        kw: Any = None,
-    ) -> None:
-        """With the lock held and the state ``loaded``: run the unload."""
-        if force and not keep_holds:
-            self._evict()
-        owner = self._owner()
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Any,
+    ) -> Any:
+        """With the claim held and the state ``loaded``: run the unload; return its value."""
+        owner = self.owner_ref()
+        self._ret = None
         self._fire("begin_unload")
-        error = self._run_user(
-            owner, "unload", fn or self._user_fn(self._cfg.unload), args, kw or {}
-        )
+        if self._outbox:
+            self._deliver()
+        error = self._call_user(claim, owner, "unload", fn, args, kwargs)
+        if _CLAIMS.get(self) is not claim:
+            return self._abandoned(error)
         if error is None:
-            self._after_unload()
-            return
-        if not isinstance(error, Exception) or self._raise_original():
+            self._finish_unload()
+            ret, self._ret = self._ret, None
+            return ret[0] if ret is not None else None
+        self._fail(error)
+        if not isinstance(error, Exception) or raise_original(self._cfg):
             raise error
         raise UnloadError(self.name, operation, error) from error
 
     def _cleanup(
-        self, operation: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
-    ) -> BaseException | None:
-        """With the lock held and the state ``failed``: run the unload as a clean-up.
+        self,
+        claim: Claim,
+        operation: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Any,
+    ) -> tuple[BaseException | None, Any]:
+        """With the claim held and the state ``failed``: run the unload as a clean-up.
 
-        Returns the clean-up's exception (the step then stays ``failed``).
+        Returns ``(error, value)``: the clean-up's exception (the step then
+        stays ``failed`` with its first error) or what the unload returned.
         """
+        owner = self.owner_ref()
+        self._ret = None
         self._fire("begin_unload")
-        first = self._error
-        error = self._run_user(self._owner(), "unload", fn, args, kwargs, cleanup=True)
+        if self._outbox:
+            self._deliver()
+        error = self._call_user(claim, owner, "unload", fn, args, kwargs)
+        if _CLAIMS.get(self) is not claim:
+            return None, self._abandoned(error)
         if error is None:
-            self._after_unload()
-            return None
-        self._error = first
-        self._cleanup_error = error
+            self._finish_unload()
+            ret, self._ret = self._ret, None
+            return None, ret[0] if ret is not None else None
+        self._fail(error)
         if not isinstance(error, Exception):
             raise error
         if operation == "unload":
             with contextlib.suppress(CleanupWarning):  # filtered to an error: still logged,
-                # but a clean-up unload never raises (DESIGN.md §2); distilabel's worker
-                # calls unload() after a failed load and hangs if it raises.
-                _warn(
-                    CleanupWarning(
-                        f"clean-up (unload) of failed {self.name} raised "
-                        f"{type(error).__name__}: {error}; the step stays 'failed' and keeps its "
-                        "first error. See lifecycle(step).cleanup_error."
-                    )
-                )
-        return error
+                # but a clean-up unload never raises (docs/design.md, section 2);
+                # distilabel's worker calls unload() after a failed load and hangs if it raises.
+                emit(CleanupWarning(self.name, error))
+        return error, None
 
-    def _raise_original(self) -> bool:
-        """Whether an integration asked for the step's own exceptions (a migration mode)."""
-        layer = self._cfg.layer
-        return layer is not None and layer.raise_original
-
-    def _cleanup_before_load(self) -> None:
-        error = self._cleanup("load", self._user_fn(self._cfg.unload), (), {})
+    def _cleanup_before_load(self, claim: Claim) -> None:
+        error = self._cleanup(claim, "load", self._user_fn(self._cfg.unload), (), {})[0]
         if error is not None:
-            if self._raise_original():
+            if raise_original(self._cfg):
                 raise error
-            raise LoadError(
-                self.name,
-                "load",
-                error,
-                detail=" in the clean-up (unload) that runs before a retried load, so the "
-                "load did not run",
-            ) from error
+            raise LoadError.in_cleanup(self.name, error) from error
 
-    def _after_unload(self) -> None:
-        self._acquired_load = False
-        self._diff = None
-        self._error = self._cleanup_error = None
-        if self._children:
-            self._release_children()
-        if log.isEnabledFor(logging.INFO):
-            took = self._history[-1].duration if self._history else 0.0
-            log.info("unloaded %s in %.3f s", self.name, took)
-
-    def _release_children(self) -> None:
-        children, self._children = self._children, None
-        if not children:
-            return
-        interrupted: BaseException | None = None
-        self._lock.release()
-        try:
-            for child, key in reversed(children):
-                try:
-                    child.release(key)
-                except StepStateError:  # a forced unload of the child evicted us already
-                    pass
-                except Exception:
-                    log.exception("releasing %s held by %s failed", child.name, self.name)
-                except BaseException as error:  # release the others, then re-raise it
-                    interrupted = interrupted or error
-        finally:
-            self._lock.acquire()
-        if interrupted is not None:
-            raise interrupted
-
-    def _run_user(
+    def _call_user(
         self,
+        claim: Claim,
         owner: Any,
         op: str,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Any,
-        cleanup: bool = False,
     ) -> BaseException | None:
-        """Run the user's load/unload with the lock released; settle the state after."""
-        error: BaseException | None = None
-        stack = _frames.stack
-        self._lock.release()
-        try:
-            if self._outbox:
-                self._deliver()
-            stack.append((self, op))
-            try:
-                if op == "load" and self._cfg.before_load is not None:
-                    self._cfg.before_load(owner)
-                fn(owner, *args, **kwargs)
-            finally:
-                stack.pop()
-        except BaseException as raised:
-            error = raised
-        finally:
-            self._lock.acquire()
-        if error is None:
-            self._fire("finish_load" if op == "load" else "finish_unload")
-        else:
-            self._fire("fail", error)
-            if not cleanup:
-                self._error = error
-            log.warning(
-                "%s of %s failed with %s; the step is now 'failed'",
-                "clean-up" if cleanup else op,
-                self.name,
-                describe(error),
-            )
-        if self._cond is not None:
-            self._cond.notify_all()
-        return error
+        """Run the user's load/unload (the claim stays held); return what it raised.
 
-    def _fire(self, trigger: str, error: BaseException | None = None) -> None:
-        """With the lock held: fire ``trigger`` on the shared machine and record it."""
-        source = self._state
+        ``self._ret`` is written on the line that calls it, so "the user's code
+        returned" is recorded with no bytecode an interrupt could land between.
+        """
+        stack = registry.running()
+        stack.append((self, op, claim))
+        self._user = claim
         try:
-            _EVENTS[trigger].trigger(self)
-        except MachineError as err:
-            raise StepStateError(
-                f"{self.name} cannot {trigger} from state '{source.value}' (an internal "
-                "stepfsm error; please report it).",
-                step=self.name,
-                state=source,
-                operation=trigger,
-            ) from err
-        self._state = state = _STATES[self._fsm]
+            if op == "load" and self._cfg.before_load is not None:
+                self._cfg.before_load(owner)
+            self._ret = (fn(owner, *args, **kwargs),)
+        except BaseException as raised:
+            return raised
+        finally:
+            self._user = None
+            if stack and stack[-1][2] is claim:
+                stack.pop()
+        return None
+
+    def _abandoned(self, error: BaseException | None) -> Any:
+        """The user's code ran in a forked child, whose copy of this lifecycle was reset."""
+        if error is not None:
+            raise error
+        ret, self._ret = self._ret, None
+        return ret[0] if ret is not None else None
+
+    def _finish_load(self) -> None:
+        self._fire("finish_load")
+        self._load_s = max(0.0, (self._since or 0.0) - self._began)
+        self._error = self._cleanup_error = None
+        if log.isEnabledFor(logging.INFO):
+            log.info("loaded %s in %.3f s", self.name, self._load_s)
+
+    def _finish_unload(self) -> None:
+        self._fire("finish_unload")
+        self._acquired_load = False
+        self._config = None
+        _snapshot.drop(self.owner_ref.key)
+        self._error = self._cleanup_error = None
+        self._children_due()
+        if log.isEnabledFor(logging.INFO):
+            took = max(0.0, (self._since or 0.0) - self._began)
+            log.info("unloaded %s in %.3f s", self.name, took)
+
+    def _fail(self, error: BaseException) -> None:
+        """End the running transition in ``failed`` because the user's code raised ``error``."""
+        cleanup = self._from is _FAILED  # the clean-up of a step that had failed already
+        self._fire("fail", error)
+        if cleanup:
+            self._cleanup_error = error  # the first error stays
+        else:
+            self._error = error
+            if self._from is _UNLOADED:  # a failed load lets go of what it took
+                self._children_due()
+        log.warning(
+            "%s of %s failed with %s; the step is now 'failed'",
+            "clean-up" if cleanup else ("load" if self._from is _UNLOADED else "unload"),
+            self.name,
+            describe(error),
+        )
+
+    def _fire(self, trigger: Trigger, error: BaseException | None = None) -> None:
+        """With the claim held: fire ``trigger`` on the engine and record it."""
+        source = self._state
+        owner = self.owner_ref()
         if source is _LOADED:
-            registry.LOADED.pop(self._owner.key, None)
-        elif state is _LOADED:
-            registry.LOADED[self._owner.key] = self
+            registry.mark_unloaded(self, owner)  # guards stop passing first
+        state = _engine.fire(self, trigger, source)
+        self._state = state
         wall = _wall()
         if trigger[0] == "b":  # begin_load / begin_unload
-            self._thread = thread = _get_ident()
+            self._from = source
             self._began = wall
-            record = _tuple_new(TransitionRecord, (trigger, source, state, wall, 0.0, thread, None))
+            record = _tuple_new(
+                TransitionRecord, (trigger, source, state, wall, 0.0, _get_ident(), None)
+            )
         else:
             began = self._began
             record = _tuple_new(
@@ -975,13 +1053,14 @@ class Lifecycle:
                     None if error is None else _detached(error),
                 ),
             )
-            self._thread = None
         self._since = wall
+        if state is _LOADED and owner is not None:
+            registry.mark_loaded(self, owner, self._config)  # the guards' flag comes last
         history = self._history
         if history is None:
-            history = self._history = deque(maxlen=_settings.SETTINGS.history)
+            history = self._history = deque(maxlen=_settings.history_size())
         history.append(record)
-        if self._listeners or _settings.LISTENERS:
+        if self._listeners or _settings.listeners():
             if self._outbox is None:
                 self._outbox = []
             self._outbox.append(record)
@@ -989,17 +1068,104 @@ class Lifecycle:
             log.debug("%s: %s %s -> %s", self.name, trigger, source.value, state.value)
 
     def _deliver(self) -> None:
-        """Without the lock: give pending transition records to the listeners."""
-        if not self._outbox:
-            return
-        with self._lock:
-            records, self._outbox = self._outbox, None
-        for record in records or ():
-            for fn in (*self._listeners, *_settings.LISTENERS):
+        """Give pending transition records to the listeners (each record once)."""
+        outbox = self._outbox
+        while outbox:
+            try:
+                record = outbox.pop(0)
+            except IndexError:  # another thread delivered it
+                return
+            for fn in (*self._listeners, *_settings.listeners()):
                 try:
                     fn(self, record)
                 except Exception:
                     log.exception("stepfsm listener %r raised; ignored", fn)
+
+    # --------------------------------------------------------------- holders
+
+    def _acquire(self, holder: object, label: str, parent: Lifecycle | None = None) -> bool:
+        if parent is not None:
+            # Recorded before the hold exists: released when the parent's unload
+            # completes or its load fails (a release of a hold never taken is ignored).
+            if isinstance(holder, _ParentKey):
+                holder.name = label
+            children = parent._children
+            if children is None:
+                children = parent._children = []
+            children.append((self, holder))
+        claim = self._claim("acquire")
+        try:
+            ran = self._ensure(claim)
+            if ran:
+                self._acquired_load = True
+            self._holds.append(_Hold(holder, label))
+            return ran
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
+        finally:
+            self._end(claim)
+
+    def _drop_hold(self, holder: object) -> bool:
+        """With the claim held: drop the newest hold by ``holder``; ``False`` if there is none."""
+        holds = self._holds
+        for index in range(len(holds) - 1, -1, -1):
+            if holds[index].key is holder:
+                del holds[index]
+                return True
+        return False
+
+    def _unload_if_unheld(self, claim: Claim) -> None:
+        """With the claim held, after a hold was dropped: unload if an acquire loaded it."""
+        if not self._holds and self._acquired_load and self._state is _LOADED:
+            self._unload_now(claim, "release", self._user_fn(self._cfg.unload), (), {})
+
+    def _children_due(self) -> None:
+        """This step's load ended for good: the holds it took go to :meth:`_release_due`."""
+        children = self._children
+        if children:
+            self._due = [*(self._due or ()), *children]
+            self._children = None
+
+    def _release_due(self) -> None:
+        """Without the claim: release the holds a finished load of this step took."""
+        due = self._due
+        interrupt: BaseException | None = None
+        while due:
+            try:
+                entry = due[-1]
+            except IndexError:
+                break
+            child, key = entry
+            try:
+                child.release(key)
+            except StepStateError:  # a forced unload of the child evicted us already
+                pass
+            except Exception:
+                log.exception("releasing %s held by %s failed", child.name, self.name)
+            except BaseException as error:  # release the others, then re-raise it
+                interrupt = interrupt or error
+            with contextlib.suppress(ValueError):
+                due.remove(entry)
+        if interrupt is not None:
+            raise interrupt
+
+    def _parent(self, stack: list[tuple[Lifecycle, str, object]]) -> Lifecycle | None:
+        """The lifecycle whose load this thread is running, if it is not this one."""
+        top = self._top(stack)
+        if top is not None and top[1] == "load" and top[0] is not self:
+            return top[0]
+        return None
+
+    @staticmethod
+    def _top(stack: list[tuple[Lifecycle, str, object]]) -> tuple[Lifecycle, str, object] | None:
+        """The innermost transition this thread is running (entries left by interrupts dropped)."""
+        while stack:
+            top = stack[-1]
+            if top[0]._user is top[2]:
+                return top
+            stack.pop()
+        return None
 
     def _evict(self) -> None:
         if not self._holds:
@@ -1013,64 +1179,40 @@ class Lifecycle:
     def _in_use(self, operation: str) -> StepInUseError:
         return StepInUseError(self.name, self._state, operation, self.holders)
 
+    def _label(self, holder: object) -> str:
+        if holder is None:
+            return f"acquire() in thread {threading.current_thread().name}"
+        if isinstance(holder, Lifecycle):
+            return holder.name
+        if isinstance(holder, (_ContextHold, _ParentKey)):
+            return repr(holder)
+        if is_stateful(holder):
+            return display_name(holder)
+        text = repr(holder)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def _user_fn(self, name: str) -> Callable[..., Any]:
+        """The user's own (unwrapped) method ``name`` of the most-derived class."""
+        fn = getattr(type(self.owner_ref()), name)
+        return getattr(fn, "__stepfsm_original__", fn)  # type: ignore[no-any-return]
+
     def _reset_after_fork(self) -> None:
         """In a forked child: start over as ``unloaded`` (attributes are left alone)."""
-        self._lock = threading.Lock()
-        self._cond = None
-        self._thread = None
         self._state = INITIAL
-        self._fsm = INITIAL.value
+        self._engine_state = INITIAL.value
+        self._waiters = []
+        self._user = None
+        self._ret = None
         self._holds = []
         self._evicted = None
         self._acquired_load = False
         self._children = None
-        self._diff = None
-        self._pre = None
+        self._due = None
+        self._config = None
         self._outbox = None
         self._error = self._cleanup_error = None
         self._history = None
         self._since = None
-
-    def preload_state(self, state: dict[str, Any], private: bool = False) -> dict[str, Any]:
-        """Return ``state`` with the attributes the step's load set put back to pre-load values.
-
-        ``state`` is an instance ``__dict__`` (or pydantic private dict when
-        ``private``) as it would go into a copy or pickle. An attribute the load
-        added is left out; one the user changed after the load is kept.
-        """
-        diff = self._diff
-        pre = self._pre
-        if pre is not None and self._state is _LOADING:
-            snapshot = pre[1] if private else pre[0]
-            if snapshot is None:
-                return state
-            before, after = _changes(snapshot, state)
-        elif diff is None or self._state is _UNLOADED:
-            return state
-        else:
-            before, after = (diff[2], diff[3]) if private else (diff[0], diff[1])
-        if not before:
-            return state
-        result = dict(state)
-        for key, loaded_value in after.items():
-            if result.get(key, _MISSING) is not loaded_value:
-                continue  # changed after the load: the user's value wins
-            old = before[key]
-            if old is _MISSING:
-                result.pop(key, None)
-            else:
-                result[key] = old
-        return result
-
-
-def _attributes(owner: Any, cfg: ClassConfig) -> dict[str, Any]:
-    """The instance's attributes: its ``__dict__`` plus its set ``__slots__``."""
-    values = dict(owner.__dict__) if cfg.has_dict else {}
-    for name in cfg.slots:
-        value = getattr(owner, name, _MISSING)
-        if value is not _MISSING:
-            values[name] = value
-    return values
 
 
 def _detached(error: BaseException) -> BaseException:
@@ -1091,67 +1233,6 @@ def _detached(error: BaseException) -> BaseException:
     return clone
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The keys of ``new`` whose value is not (identically) the one in ``old``."""
-    before: dict[str, Any] = {}
-    after: dict[str, Any] = {}
-    for key, value in new.items():
-        previous = old.get(key, _MISSING)
-        if previous is not value:
-            before[key] = previous
-            after[key] = value
-    return before, after
-
-
-def _same_configuration(a: object, b: object) -> bool:
-    try:
-        dump = getattr(a, "model_dump", None)
-        if dump is not None and callable(dump) and hasattr(type(a), "model_fields"):
-            return bool(dump() == b.model_dump())  # type: ignore[attr-defined]
-        if type(a).__eq__ is object.__eq__:
-            return False  # identity-only equality never matches
-        return bool(a == b)
-    except Exception:
-        return False
-
-
-def _check_duplicate(lc: Lifecycle, owner: object) -> None:
-    if type(owner).__eq__ is object.__eq__ and not lc._cfg.private:
-        return  # identity equality never matches: skip the scan of loaded steps
-    for other in list(registry.LOADED.values()):
-        if other is lc or other._state is not _LOADED:
-            continue
-        first = other._owner()
-        if first is None or type(first) is not type(owner):
-            continue
-        if _same_configuration(owner, first):
-            _warn(
-                DuplicateLoadWarning(
-                    f"{lc.name} has the same configuration as {other.name}, which is still "
-                    f"loaded (since {other.since:%H:%M:%S}): two copies now hold the "
-                    "resource. Reuse the first, or free it with "
-                    "stepfsm.lifecycle(old).unload() or stepfsm.unload_all() "
-                    "(stepfsm.status() lists both)."
-                )
-            )
-            return
-
-
-#: Frames from these files are stepfsm's own (the last: generated guard wrappers).
-_INTERNAL: Final = (os.path.dirname(os.path.abspath(__file__)), "<stepfsm ")
-
-
-def _warn(warning: StepFSMWarning) -> None:
-    """Log ``warning`` and emit it, attributed to the first caller outside stepfsm."""
-    log.warning("%s: %s", type(warning).__name__, warning)
-    frame = sys._getframe(1)
-    level = 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
-        frame = frame.f_back
-        level += 1
-    warnings.warn(warning, stacklevel=level)
-
-
 def lifecycle(obj: object) -> Lifecycle:
     """Return the :class:`Lifecycle` of a stateful object, creating it on first use.
 
@@ -1159,37 +1240,36 @@ def lifecycle(obj: object) -> Lifecycle:
         TypeError: ``obj`` is not stateful (decorate its class with
             ``@stepfsm.stateful`` or inherit ``stepfsm.Stateful``).
     """
-    lc = registry.LIVE.get(id(obj))
-    if lc is not None and lc._owner() is obj:
+    lc = registry.find(obj)
+    if lc is not None:
         return lc
-    return _create(obj)
-
-
-def _create(obj: object) -> Lifecycle:
-    cfg = getattr(type(obj), "__stepfsm__", None)
+    cfg = class_config(type(obj))
     if cfg is None:
-        raise TypeError(
-            f"{type(obj).__qualname__} is not stateful: decorate the class with "
-            "@stepfsm.stateful or inherit stepfsm.Stateful"
-            + (
-                " (or call stepfsm.integrations.distilabel.install() for distilabel steps)"
-                if type(obj).__module__.startswith("distilabel")
-                else ""
-            )
-            + "."
-        )
-    with registry.CREATE_LOCK:
-        lc = registry.LIVE.get(id(obj))
-        if lc is not None and lc._owner() is obj:
-            return lc
-        lc = Lifecycle(obj, cfg)
-        registry.LIVE[id(obj)] = lc
-        return lc
+        raise not_stateful(type(obj))
+    return registry.register(obj, Lifecycle(obj, cfg))
 
 
-def _reset_frames_after_fork() -> None:
-    _frames.stack = []
+def call_load(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
+    """A call of ``obj``'s wrapped load method, whose own code is ``fn`` (``wrap`` uses it)."""
+    return lifecycle(obj)._call_load(fn, args, kwargs)
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows
-    os.register_at_fork(after_in_child=_reset_frames_after_fork)
+def call_unload(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
+    """A call of ``obj``'s wrapped unload method, whose own code is ``fn`` (``wrap`` uses it)."""
+    return lifecycle(obj)._call_unload(fn, args, kwargs)
+
+
+def require_loaded(obj: object, operation: str) -> None:
+    """The slow path of a guard: ``obj``'s loaded flag was not set (``wrap`` uses it)."""
+    lifecycle(obj).require_loaded(operation)
+
+
+def _reset_in_child() -> None:
+    global _take_over_lock
+    _CLAIMS.clear()
+    _take_over_lock = threading.Lock()
+    for lc in registry.live():
+        lc._reset_after_fork()
+
+
+registry.at_fork(_reset_in_child)

@@ -1,4 +1,4 @@
-"""The live lifecycles of this process: lookup, ``status()``, ``unload_all()``, fork.
+"""The live lifecycles of this process: what is loaded, ``status()``, ``unload_all()``, fork.
 
 A lifecycle is created lazily, the first time anything asks for it, and is
 tracked weakly: the registry maps ``id(obj)`` to the lifecycle and a weak
@@ -6,20 +6,35 @@ reference to ``obj`` removes the entry when ``obj`` dies. Keying by ``id``
 (not by the object) matters: pydantic models are unhashable and compare by
 value, so a ``WeakKeyDictionary`` cannot hold them.
 
-In a forked child every lifecycle is reset to ``unloaded`` with a fresh lock
-and no holders; the step's attributes are left as they are (dropping them
-would run the parent's finalizers in the child).
+What is loaded is kept three ways, all written only by :func:`mark_loaded`
+and :func:`mark_unloaded` (which the lifecycle calls after entering and
+before leaving ``loaded``, so a guard can never see "loaded" early or late):
+the instance flag the guards read (``LOADED_FLAG``, for classes with a
+``__dict__``), a table by ``id`` (for slotted classes), and an index by class
+and configuration that finds a duplicate load without scanning the loaded
+steps (``docs/design.md``, section 9).
+
+This module also keeps, per thread, the stack of lifecycles whose own load or
+unload code that thread is running (:func:`running`), and owns the fork
+hooks: in a forked child every table is emptied, every lifecycle reset
+(through :func:`at_fork`) and every loaded flag cleared; the step's other
+attributes are left as they are (dropping them would run the parent's
+finalizers in the child).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import os
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, NamedTuple
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from . import _snapshot
+from ._settings import LOADED_FLAG, ClassConfig
 from .states import State
 
 if TYPE_CHECKING:
@@ -27,16 +42,36 @@ if TYPE_CHECKING:
 
     from .machine import Lifecycle
 
-__all__ = ["Status", "StepStatus", "status", "unload_all"]
+__all__ = [
+    "OwnerRef",
+    "Status",
+    "StepStatus",
+    "at_fork",
+    "config_key",
+    "find",
+    "find_duplicate",
+    "live",
+    "loaded_table",
+    "mark_loaded",
+    "mark_unloaded",
+    "owner_ref",
+    "register",
+    "running",
+    "status",
+    "unload_all",
+]
 
 #: id(owner) -> Lifecycle, for every live object whose lifecycle exists.
-LIVE: Final[dict[int, Lifecycle]] = {}
-#: id(owner) -> Lifecycle, for those currently loaded (for duplicate detection).
-LOADED: Final[dict[int, Lifecycle]] = {}
-#: Serialises lifecycle creation so two threads never make two for one object.
-CREATE_LOCK = threading.Lock()
-#: Load order, so unload_all() can go in reverse.
-LOAD_ORDER: Final = itertools.count(1)
+_LIVE: Final[dict[int, Lifecycle]] = {}
+#: id(owner) -> Lifecycle, for those currently loaded.
+_LOADED: Final[dict[int, Lifecycle]] = {}
+#: id(owner) -> its place in the order of loads (for unload_all()).
+_ORDER: Final[dict[int, int]] = {}
+_SEQUENCE: Final = itertools.count(1)
+#: (class, configuration key) -> the loaded lifecycles with that configuration.
+_BY_CONFIG: Final[dict[tuple[type, Hashable], list[Lifecycle]]] = {}
+#: id(owner) -> (its index bucket, its configuration) while loaded.
+_CONFIG_OF: Final[dict[int, tuple[tuple[type, Hashable], object]]] = {}
 
 
 class OwnerRef(weakref.ref):  # type: ignore[type-arg]
@@ -46,8 +81,11 @@ class OwnerRef(weakref.ref):  # type: ignore[type-arg]
     key: int
 
 
-def forget(
-    ref: OwnerRef, _live: dict[int, Lifecycle] = LIVE, _loaded: dict[int, Lifecycle] = LOADED
+def _forget(
+    ref: OwnerRef,
+    _live: dict[int, Lifecycle] = _LIVE,
+    _loaded: dict[int, Lifecycle] = _LOADED,
+    _order: dict[int, int] = _ORDER,
 ) -> None:
     """Weakref callback: drop the dead step's entries (unless the id was reused).
 
@@ -55,9 +93,200 @@ def forget(
     may already be gone when the last callbacks run.
     """
     entry = _live.get(ref.key)
-    if entry is not None and entry._owner is ref:
-        del _live[ref.key]
+    if entry is not None and entry.owner_ref is ref:
         _loaded.pop(ref.key, None)
+        _order.pop(ref.key, None)
+        _unindex(ref.key, entry)
+        _snapshot.drop(ref.key)
+        _live.pop(ref.key, None)
+
+
+def owner_ref(obj: object) -> OwnerRef:
+    """A weak reference to ``obj`` that forgets its entries when ``obj`` dies."""
+    ref = OwnerRef(obj, _forget)
+    ref.key = id(obj)
+    return ref
+
+
+def find(obj: object) -> Lifecycle | None:
+    """The lifecycle of ``obj``, if it has one already."""
+    lc = _LIVE.get(id(obj))
+    if lc is not None and lc.owner_ref() is obj:
+        return lc
+    return None
+
+
+def register(obj: object, lc: Lifecycle) -> Lifecycle:
+    """Record ``lc`` as ``obj``'s lifecycle; return the one recorded (another thread may win)."""
+    key = id(obj)
+    while True:
+        current = _LIVE.setdefault(key, lc)  # atomic: two threads never both win
+        if current is lc or current.owner_ref() is obj:
+            return current
+        # An entry for a dead object whose callback has not run: replace it.
+        if _LIVE.get(key) is current:
+            _LIVE[key] = lc
+            return lc
+
+
+def live() -> list[Lifecycle]:
+    """Every lifecycle whose step is alive, oldest first."""
+    return [lc for lc in list(_LIVE.values()) if lc.owner_ref() is not None]
+
+
+def forget_where(predicate: Callable[[object], bool]) -> None:
+    """Forget the lifecycles of the live steps for which ``predicate(step)`` is true."""
+    for key, lc in list(_LIVE.items()):
+        owner = lc.owner_ref()
+        if owner is not None and predicate(owner):
+            mark_unloaded(lc, owner)
+            _ORDER.pop(key, None)
+            _snapshot.drop(key)
+            _LIVE.pop(key, None)
+
+
+# --------------------------------------------------------------- what is loaded
+
+
+def loaded_table() -> dict[int, Lifecycle]:
+    """``id(step) -> lifecycle`` of the loaded steps: read-only, for guards of slotted classes."""
+    return _LOADED
+
+
+def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | None) -> None:
+    """``owner`` has just become ``loaded``, with its pre-load ``config`` (from :func:`config_key`).
+
+    The flag the guards read comes last, so a guard never passes early.
+    """
+    key = id(owner)
+    _ORDER[key] = next(_SEQUENCE)
+    if config is not None:
+        bucket = (type(owner), config[0])
+        _CONFIG_OF[key] = (bucket, config[1])
+        _BY_CONFIG.setdefault(bucket, []).append(lc)
+    _LOADED[key] = lc
+    attrs = getattr(owner, "__dict__", None)
+    if isinstance(attrs, dict):
+        attrs[LOADED_FLAG] = True
+
+
+def mark_unloaded(lc: Lifecycle, owner: object | None) -> None:
+    """``owner`` is about to leave ``loaded`` (or never entered it): guards stop passing first."""
+    if owner is not None:
+        attrs = getattr(owner, "__dict__", None)
+        if isinstance(attrs, dict):
+            attrs.pop(LOADED_FLAG, None)
+    key = lc.owner_ref.key
+    _LOADED.pop(key, None)
+    _unindex(key, lc)
+
+
+def _unindex(key: int, lc: Lifecycle) -> None:
+    entry = _CONFIG_OF.pop(key, None)
+    if entry is None:
+        return
+    bucket = _BY_CONFIG.get(entry[0])
+    if bucket is not None:
+        with contextlib.suppress(ValueError):  # already gone (a racing unindex)
+            bucket.remove(lc)
+        if not bucket:
+            _BY_CONFIG.pop(entry[0], None)
+
+
+class _UnfreezableError(Exception):
+    pass
+
+
+_GENERIC: Final = object()  # the bucket of classes with a custom __eq__ and no better key
+
+
+def _freeze(value: object, depth: int = 0) -> Hashable:
+    """A hashable stand-in that is equal exactly when ``value`` is (for plain data)."""
+    if depth > 32:
+        raise _UnfreezableError
+    if isinstance(value, dict):
+        return ("dict", frozenset((k, _freeze(v, depth + 1)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v, depth + 1) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_freeze(v, depth + 1) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        raise _UnfreezableError from None
+    return value  # hashable: checked above
+
+
+def config_key(owner: Any, cfg: ClassConfig) -> tuple[Hashable, object] | None:
+    """``(index key, configuration)`` of a step about to load, or ``None`` (never a duplicate).
+
+    Same configuration (``docs/design.md``, section 5): equal ``model_dump()``
+    for pydantic models, equal compared fields for dataclasses, ``==`` for
+    other classes; identity-only equality never matches. The key is computed
+    from the step as it is before its load, and kept while it is loaded, so a
+    later load compares pre-load with pre-load.
+    """
+    cls: Any = type(owner)
+    try:
+        if cfg.private:
+            data: object = owner.model_dump()
+        elif getattr(getattr(cls, "__dataclass_params__", None), "eq", False):
+            data = tuple(getattr(owner, f.name) for f in dataclasses.fields(cls) if f.compare)
+        elif cls.__eq__ is object.__eq__:
+            return None
+        else:
+            return (_GENERIC, None)
+    except Exception:  # a configuration that cannot be read cannot be compared
+        return None
+    try:
+        return (_freeze(data), data)
+    except _UnfreezableError:
+        return (_GENERIC, data)
+
+
+def find_duplicate(lc: Lifecycle, owner: Any, config: tuple[Hashable, object]) -> Lifecycle | None:
+    """A loaded lifecycle of another step of ``owner``'s class with the same configuration."""
+    cls = type(owner)
+    for other in list(_BY_CONFIG.get((cls, config[0]), ())):
+        if other is lc:
+            continue
+        first = other.owner_ref()
+        if first is None or other.state is not State.LOADED:
+            continue
+        if config[0] is not _GENERIC:
+            return other
+        try:
+            if config[1] is None:  # a custom __eq__: compare with the other's pre-load view
+                same = bool(owner == _snapshot.preload_view(first))
+            else:
+                entry = _CONFIG_OF.get(id(first))
+                same = entry is not None and bool(entry[1] == config[1])
+        except Exception:
+            same = False
+        if same:
+            return other
+    return None
+
+
+# --------------------------------------------------- running transitions
+
+
+class _Running(threading.local):
+    """Per thread: the lifecycles whose own load/unload code this thread is running."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[Lifecycle, str, object]] = []
+
+
+_running = _Running()
+
+
+def running() -> list[tuple[Lifecycle, str, object]]:
+    """This thread's stack of ``(lifecycle, "load" or "unload", claim)``, innermost last."""
+    return _running.stack
+
+
+# ------------------------------------------------------------------- status
 
 
 class StepStatus(NamedTuple):
@@ -132,18 +361,18 @@ def status() -> Status:
     ``str(status())`` is a readable table; in Jupyter it renders as HTML.
     """
     rows = []
-    for lc in list(LIVE.values()):
-        owner = lc._owner()
+    for lc in live():
+        owner = lc.step
         if owner is None:
             continue
         rows.append(
             StepStatus(
                 name=lc.name,
                 cls=type(owner).__qualname__,
-                state=lc._state,
+                state=lc.state,
                 since=lc.since,
-                load_seconds=lc._load_s,
-                holders=len(lc._holds),
+                load_seconds=lc.last_load_seconds,
+                holders=len(lc.holders),
             )
         )
     return Status(rows)
@@ -153,16 +382,17 @@ def unload_all() -> tuple[str, ...]:
     """Unload every loaded (or failed) step of this process, in reverse load order.
 
     Forces: holders are evicted (their later ``release()`` is a no-op). Every
-    step is tried even if one fails.
+    step is tried even if one fails. A ``failed`` step whose clean-up raises
+    stays ``failed`` (with a ``CleanupWarning``) and is not reported.
 
     Returns:
-        The display names of the steps that were unloaded or cleaned up.
+        The display names of the steps that are now ``unloaded``.
 
     Raises:
         UnloadError: the first unload that raised, after all were tried.
     """
-    targets = [lc for lc in list(LIVE.values()) if lc._state in (State.LOADED, State.FAILED)]
-    targets.sort(key=lambda lc: lc._load_seq, reverse=True)
+    targets = [lc for lc in live() if lc.state in (State.LOADED, State.FAILED)]
+    targets.sort(key=lambda lc: _ORDER.get(lc.owner_ref.key, 0), reverse=True)
     done: list[str] = []
     first: BaseException | None = None
     for lc in targets:
@@ -171,18 +401,36 @@ def unload_all() -> tuple[str, ...]:
         except Exception as error:  # keep going; report the first at the end
             first = first or error
         else:
-            done.append(lc.name)
+            if lc.state is State.UNLOADED:
+                done.append(lc.name)
     if first is not None:
         raise first
     return tuple(done)
 
 
+# --------------------------------------------------------------------- fork
+
+_fork_callbacks: list[Callable[[], None]] = []
+
+
+def at_fork(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` in every forked child, after the registry's own tables are reset."""
+    _fork_callbacks.append(fn)
+
+
 def _after_fork_in_child() -> None:
-    global CREATE_LOCK
-    CREATE_LOCK = threading.Lock()
-    LOADED.clear()
-    for lc in list(LIVE.values()):
-        lc._reset_after_fork()
+    for lc in list(_LIVE.values()):
+        owner = lc.owner_ref()
+        attrs = getattr(owner, "__dict__", None) if owner is not None else None
+        if isinstance(attrs, dict):
+            attrs.pop(LOADED_FLAG, None)
+    _LOADED.clear()
+    _BY_CONFIG.clear()
+    _CONFIG_OF.clear()
+    _running.stack = []
+    _snapshot.clear()
+    for fn in _fork_callbacks:
+        fn()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows

@@ -4,65 +4,64 @@ Both wrap the class's ``load``/``unload`` (names configurable) and the
 methods named in ``guard``, on the class and on every subclass defined later
 (a subclass's own overrides are wrapped when the subclass is created). The
 wrapped ``load``/``unload`` hand over to the object's
-:class:`~stepfsm.machine.Lifecycle`; the guarded methods check the state on a
-fast path and call the lifecycle only when the step is not loaded.
+:class:`~stepfsm.machine.Lifecycle`; a guarded method checks a flag on a fast
+path and calls the lifecycle only when the step is not loaded.
+
+What cannot work is refused when the class is defined, with a
+:class:`~stepfsm.errors.DefinitionError`: a missing method, a ``load`` that is
+a coroutine, generator, static or class method, a ``guard`` name that is not
+an instance method, an unknown option or policy, instances that cannot be
+weakly referenced.
 
 Guard wrappers are generated with the wrapped method's exact signature (no
-``*args, **kwargs`` repacking), which is what keeps a guarded call within a
-small factor of a plain one. Copies and pickles of a loaded object carry the
-pre-load values of what the load set (DESIGN.md §5): ``__reduce_ex__`` for
-plain classes, ``__copy__``/``__deepcopy__``/``__getstate__`` for pydantic models.
+``*args, **kwargs`` repacking). Their fast path reads one attribute: the
+instance's loaded flag (``__stepfsm_loaded__``, set only while the step is
+loaded; its class carries ``False``), or, for classes without a ``__dict__``,
+``id(self)`` in the registry's table of loaded steps.
 """
 
 from __future__ import annotations
 
 import copyreg
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
-from . import registry
-from ._settings import Layer, OnRepeat, OnUnloadedUse, check_policy, check_timeout
-from .errors import DefinitionError
-from .machine import Lifecycle, lifecycle
-from .states import State
+from . import _snapshot, machine, registry
+from ._settings import (
+    LOADED_FLAG,
+    ClassConfig,
+    Layer,
+    OnRepeat,
+    OnUnloadedUse,
+    check_policy,
+    check_timeout,
+    class_config,
+    is_stateful,
+    patch,
+    unpatch,
+)
+from .errors import (
+    DefinitionError,
+    bad_method,
+    bad_option,
+    guard_is_transition,
+    guard_not_method,
+    missing_method,
+    not_a_class,
+    not_weakrefable,
+    same_methods,
+    unknown_options,
+)
 
-__all__ = ["ClassConfig", "Stateful", "is_stateful", "make_stateful", "stateful", "unmake_stateful"]
+__all__ = ["Stateful", "is_stateful", "make_stateful", "stateful", "unmake_stateful"]
 
 C = TypeVar("C", bound=type)
 
-_MISSING: Final[Any] = object()
-
-
-@dataclass(frozen=True)
-class ClassConfig:
-    """The stateful settings of a class, inherited by its subclasses."""
-
-    load: str = "load"
-    unload: str = "unload"
-    guard: tuple[str, ...] = ()
-    on_repeat: OnRepeat | None = None
-    on_unloaded_use: OnUnloadedUse | None = None
-    timeout: float | None = None
-    #: instances have a ``__dict__`` / are pydantic models (how copies are patched)
-    has_dict: bool = True
-    private: bool = False
-    slots: tuple[str, ...] = ()
-    #: run just before the user's load code (integrations use it; see distilabel)
-    before_load: Callable[[Any], None] | None = None
-    #: an integration's policies, consulted after the class's own and before the global ones
-    layer: Layer | None = None
-
-
-_OPTIONS: Final = ("load", "unload", "guard", "on_repeat", "on_unloaded_use", "timeout")
-
-
-def is_stateful(obj: object) -> bool:
-    """Whether ``obj`` (a class or an instance) has a stepfsm lifecycle."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return getattr(cls, "__stepfsm__", None) is not None
+#: The options ``@stateful`` and ``Stateful`` accept.
+OPTIONS: Final = ("load", "unload", "guard", "on_repeat", "on_unloaded_use", "timeout")
 
 
 @overload
@@ -107,6 +106,10 @@ def stateful(
             def generate(self, prompt):
                 return self.model(prompt)
 
+    Name in ``guard`` every method that needs the loaded resource: stepfsm
+    cannot know which ones do, and an unguarded call before ``load()`` fails
+    inside your code instead of with a ``NotLoadedError``.
+
     Args:
         load: the name of the load method (default ``"load"``).
         unload: the name of the unload method (default ``"unload"``).
@@ -116,9 +119,10 @@ def stateful(
         timeout: seconds to wait for another thread's load/unload.
 
     Raises:
-        DefinitionError: the class has no such load/unload method, a ``guard``
-            name is not a method, a policy is unknown, or instances cannot be
-            weakly referenced.
+        DefinitionError: the class has no such load/unload method, or it is a
+            coroutine, generator, static or class method; a ``guard`` name is
+            not an instance method; a policy is unknown; or instances cannot
+            be weakly referenced.
     """
     options: dict[str, Any] = {
         "load": load,
@@ -131,10 +135,7 @@ def stateful(
 
     def apply(target: C) -> C:
         if not isinstance(target, type):
-            raise DefinitionError(
-                f"@stateful decorates a class, not {type(target).__name__} {target!r}; "
-                "put it above a `class ...:` statement."
-            )
+            raise not_a_class(target)
         make_stateful(target, **options)
         if not issubclass(target, Stateful):
             _install_subclass_hook(target)
@@ -147,15 +148,20 @@ class Stateful:
     """Mixin: inheriting it makes a class and every subclass stateful.
 
     Options can be given as class keywords on plain classes
-    (``class MyStep(Stateful, on_repeat="warn"):``); for pydantic models,
+    (``class MyStep(Stateful, guard=("generate",)):``); for pydantic models,
     whose class keywords are model configuration, use ``@stateful(...)``.
     """
 
     __slots__ = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        options = {key: kwargs.pop(key) for key in _OPTIONS if key in kwargs}
-        super().__init_subclass__(**kwargs)
+        options = {key: kwargs.pop(key) for key in OPTIONS if key in kwargs}
+        try:
+            super().__init_subclass__(**kwargs)
+        except TypeError:
+            if not kwargs:
+                raise
+            raise unknown_options(cls, sorted(kwargs), OPTIONS) from None
         if "guard" in options:
             guard = options["guard"]
             options["guard"] = (guard,) if isinstance(guard, str) else tuple(guard)
@@ -179,14 +185,14 @@ def make_stateful(
     Safe to call again on the same class or on a subclass: methods already
     wrapped are left alone, the class's own overrides are wrapped.
     """
-    parent: ClassConfig = getattr(cls, "__stepfsm__", None) or ClassConfig()
+    parent: ClassConfig = class_config(cls) or ClassConfig()
     for value, what in ((on_repeat, "on_repeat"), (on_unloaded_use, "on_unloaded_use")):
         if value is not None:
             check_policy(value, what, DefinitionError)
     try:
         checked_timeout = check_timeout(timeout)
     except (TypeError, ValueError) as error:
-        raise DefinitionError(f"{cls.__qualname__}: {error}") from None
+        raise bad_option(cls, str(error)) from None
     cfg = ClassConfig(
         load=load or parent.load,
         unload=unload or parent.unload,
@@ -195,53 +201,23 @@ def make_stateful(
         on_unloaded_use=on_unloaded_use or parent.on_unloaded_use,
         timeout=checked_timeout if checked_timeout is not None else parent.timeout,
         has_dict=cls.__dictoffset__ != 0,
-        private=_is_pydantic(cls),
+        private=_snapshot.is_pydantic(cls),
         slots=tuple(n for n in copyreg._slotnames(cls) if not n.startswith("__")),  # type: ignore[attr-defined]
         before_load=before_load or parent.before_load,
         layer=layer or parent.layer,
     )
     _check_definition(cls, cfg)
-    _wrap(cls, "__stepfsm__", cfg)
-    _wrap(cls, cfg.load, _wrap_transition(getattr(cls, cfg.load), Lifecycle.call_load))
-    _wrap(cls, cfg.unload, _wrap_transition(getattr(cls, cfg.unload), Lifecycle.call_unload))
+    patch(cls, "__stepfsm__", cfg)
+    if cfg.has_dict and cls.__dict__.get(LOADED_FLAG) is not False:
+        patch(cls, LOADED_FLAG, False)
+    _wrap_transition(cls, cfg.load, machine.call_load)
+    _wrap_transition(cls, cfg.unload, machine.call_unload)
     for name in cfg.guard:
-        _wrap(cls, name, make_guard(getattr(cls, name), name))
-    _install_copy_hooks(cls)
+        guarded = make_guard(getattr(cls, name), name, flag=cfg.has_dict)
+        if guarded is not None:
+            patch(cls, name, guarded)
+    _snapshot.install_copy_hooks(cls)
     return cfg
-
-
-def _check_definition(cls: type, cfg: ClassConfig) -> None:
-    if cls.__weakrefoffset__ == 0:
-        raise DefinitionError(
-            f"{cls.__qualname__} cannot be stateful: its instances cannot be weakly "
-            "referenced (it defines __slots__ without '__weakref__'). Add '__weakref__' "
-            "to its __slots__."
-        )
-    for role, name in (("load", cfg.load), ("unload", cfg.unload)):
-        if not callable(getattr(cls, name, None)):
-            hint = _did_you_mean(cls, name)
-            raise DefinitionError(
-                f"{cls.__qualname__} has no {name}() method, so it cannot be stateful. "
-                f"Define {name}(self) to {'acquire' if role == 'load' else 'release'} the "
-                f"resource, or pass {role}='<method name>' to @stateful.{hint}"
-            )
-    if cfg.load == cfg.unload:
-        raise DefinitionError(
-            f"{cls.__qualname__}: load and unload are both {cfg.load!r}; they must be "
-            "two different methods."
-        )
-    for name in cfg.guard:
-        if name in (cfg.load, cfg.unload):
-            raise DefinitionError(
-                f"{cls.__qualname__}: guard names {name!r}, which is the load/unload method "
-                "itself; guard only the methods that use the loaded resource."
-            )
-        if not callable(getattr(cls, name, None)):
-            raise DefinitionError(
-                f"{cls.__qualname__}: guard names {name!r}, but that is not a method of the "
-                "class. Pass the names of methods that need the step loaded."
-                + _did_you_mean(cls, name)
-            )
 
 
 def unmake_stateful(cls: type) -> None:
@@ -250,93 +226,115 @@ def unmake_stateful(cls: type) -> None:
     Every attribute stepfsm set on the class gets its previous value back (or
     is removed); subclasses are not touched. Used by integrations' ``uninstall()``.
     """
-    patched = cls.__dict__.get("__stepfsm_patched__")
-    if not patched:
-        return
-    for name, previous in patched.items():
-        if previous is _MISSING:
-            if name in cls.__dict__:
-                type.__delattr__(cls, name)
-        else:
-            type.__setattr__(cls, name, previous)
-    type.__delattr__(cls, "__stepfsm_patched__")
+    unpatch(cls)
 
 
-def _did_you_mean(cls: type, name: str) -> str:
-    candidates = [n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))]
+def _kind(cls: type, name: str) -> str | None:
+    """What kind of callable ``cls.name`` is, if it cannot be a load/unload method."""
+    raw = inspect.getattr_static(cls, name, None)
+    if isinstance(raw, staticmethod):
+        return "staticmethod"
+    if isinstance(raw, classmethod):
+        return "classmethod"
+    fn = getattr(getattr(cls, name), "__stepfsm_original__", getattr(cls, name))
+    if inspect.iscoroutinefunction(fn):
+        return "coroutine"
+    if inspect.isasyncgenfunction(fn):
+        return "async generator"
+    if inspect.isgeneratorfunction(fn):
+        return "generator"
+    return None
+
+
+def _check_definition(cls: type, cfg: ClassConfig) -> None:
+    if cls.__weakrefoffset__ == 0:
+        raise not_weakrefable(cls, dataclass_slots=dataclasses.is_dataclass(cls))
+    if cfg.load == cfg.unload:
+        raise same_methods(cls, cfg.load)
+    for role, name, other in (("load", cfg.load, cfg.unload), ("unload", cfg.unload, cfg.load)):
+        if not callable(getattr(cls, name, None)):
+            raise missing_method(cls, name, role, _did_you_mean(cls, name, exclude=other))
+        kind = _kind(cls, name)
+        if kind is not None:
+            raise bad_method(cls, name, role, kind)
+    for name in cfg.guard:
+        if name in (cfg.load, cfg.unload):
+            raise guard_is_transition(cls, name)
+        raw = inspect.getattr_static(cls, name, None)
+        if not callable(getattr(cls, name, None)) or isinstance(raw, (staticmethod, classmethod)):
+            raise guard_not_method(cls, name, _did_you_mean(cls, name))
+
+
+def _did_you_mean(cls: type, name: str, exclude: str = "") -> str:
+    candidates = [
+        n
+        for n in dir(cls)
+        if not n.startswith("__") and n != exclude and callable(getattr(cls, n, None))
+    ]
     import difflib  # lazily: only definition errors need it
 
     close = difflib.get_close_matches(name, candidates, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def _wrap(cls: type, name: str, wrapper: object) -> None:
-    """Set ``wrapper`` on ``cls`` and remember what was there (for uninstalling)."""
-    if wrapper is None:
-        return
-    patched = cls.__dict__.get("__stepfsm_patched__")
-    if patched is None:
-        patched = {}
-        type.__setattr__(cls, "__stepfsm_patched__", patched)
-    patched.setdefault(name, cls.__dict__.get(name, _MISSING))
-    type.__setattr__(cls, name, wrapper)
-
-
 def _wrap_transition(
-    fn: Callable[..., Any], call: Callable[[Lifecycle, Callable[..., Any], Any, Any], Any]
-) -> Callable[..., Any] | None:
-    """Wrap a class's own load (or unload) method ``fn``: calls go through ``call``.
-
-    ``call`` is ``Lifecycle.call_load`` or ``Lifecycle.call_unload``.
-    """
+    cls: type,
+    name: str,
+    call: Callable[[object, Callable[..., Any], tuple[Any, ...], Any], Any],
+) -> None:
+    """Wrap the class's own load (or unload) method ``name``: calls go through ``call``."""
+    fn: Callable[..., Any] = getattr(cls, name)
     if hasattr(fn, "__stepfsm_original__"):
-        return None
+        return
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return call(lifecycle(self), fn, args, kwargs)
+        return call(self, fn, args, kwargs)
 
     functools.update_wrapper(method, fn)
     method.__stepfsm_original__ = fn  # type: ignore[attr-defined]
-    return method
-
-
-def _slow(obj: object, operation: str) -> None:
-    lifecycle(obj).require_loaded(operation)
+    patch(cls, name, method)
 
 
 _P = inspect.Parameter
-# ``registry.LOADED`` holds exactly the ids of the loaded steps, so the fast path
-# is one ``id()`` and one dict membership test.
+#: The fast path: one attribute read (the flag) or, without a __dict__, one id() lookup.
+_CHECKS: Final = {
+    True: "not {self}." + LOADED_FLAG,
+    False: "_stepfsm_id({self}) not in _stepfsm_loaded",
+}
 _TEMPLATE: Final = """\
 {kw}def {name}({params}):
-    if _stepfsm_id({self}) not in _stepfsm_loaded:
+    if {check}:
         _stepfsm_slow({self}, {operation!r})
     return {aw}_stepfsm_fn({call})
 """
 # A generator method stays a generator function: the check runs at the first next().
 _GENERATOR_TEMPLATE: Final = """\
 def {name}({params}):
-    if _stepfsm_id({self}) not in _stepfsm_loaded:
+    if {check}:
         _stepfsm_slow({self}, {operation!r})
     return (yield from _stepfsm_fn({call}))
 """
 
 
-def make_guard(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None:
+def make_guard(
+    fn: Callable[..., Any], operation: str, flag: bool = True
+) -> Callable[..., Any] | None:
     """Return ``fn`` wrapped so it raises ``NotLoadedError`` unless its step is loaded.
 
     The wrapper has ``fn``'s exact signature (generated code), so arguments
-    are passed on without repacking. ``None`` if ``fn`` is already guarded.
+    are passed on without repacking. ``flag`` chooses the fast path: the
+    instance's loaded flag (classes with a ``__dict__``) or the registry's
+    table of loaded ids. ``None`` if ``fn`` is already guarded.
     """
     if hasattr(fn, "__stepfsm_original__"):
         return None
     namespace: dict[str, Any] = {
         "_stepfsm_id": id,
-        "_stepfsm_loaded": registry.LOADED,
-        "_stepfsm_slow": _slow,
+        "_stepfsm_loaded": registry.loaded_table(),
+        "_stepfsm_slow": machine.require_loaded,
         "_stepfsm_fn": fn,
     }
-    source = _guard_source(fn, operation, namespace)
+    source = _guard_source(fn, operation, namespace, _CHECKS[flag])
     exec(compile(source, f"<stepfsm guard {operation}>", "exec"), namespace)
     guard: Callable[..., Any] = namespace[operation if operation.isidentifier() else "guarded"]
     functools.update_wrapper(guard, fn)
@@ -344,19 +342,26 @@ def make_guard(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | N
     return guard
 
 
-def _guard_source(fn: Callable[..., Any], operation: str, namespace: dict[str, Any]) -> str:
+def _guard_source(
+    fn: Callable[..., Any], operation: str, namespace: dict[str, Any], check: str
+) -> str:
     name = operation if operation.isidentifier() else "guarded"
     is_async = inspect.iscoroutinefunction(fn)
     template = _GENERATOR_TEMPLATE if inspect.isgeneratorfunction(fn) else _TEMPLATE
-    generic = template.format(
-        kw="async " if is_async else "",
-        name=name,
-        params="self, /, *args, **kwargs",
-        self="self",
-        operation=operation,
-        aw="await " if is_async else "",
-        call="self, *args, **kwargs",
-    )
+
+    def render(params: str, self: str, call: str) -> str:
+        return template.format(
+            kw="async " if is_async else "",
+            name=name,
+            params=params,
+            check=check.format(self=self),
+            self=self,
+            operation=operation,
+            aw="await " if is_async else "",
+            call=call,
+        )
+
+    generic = render("self, /, *args, **kwargs", "self", "self, *args, **kwargs")
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -401,15 +406,7 @@ def _guard_source(fn: Callable[..., Any], operation: str, namespace: dict[str, A
         passed.append(param.name)
     if params[-1].kind is _P.POSITIONAL_ONLY:
         declared.append("/")
-    return template.format(
-        kw="async " if is_async else "",
-        name=name,
-        params=", ".join(declared),
-        self=params[0].name,
-        operation=operation,
-        aw="await " if is_async else "",
-        call=", ".join(passed),
-    )
+    return render(", ".join(declared), params[0].name, ", ".join(passed))
 
 
 def _install_subclass_hook(cls: type) -> None:
@@ -425,87 +422,10 @@ def _install_subclass_hook(cls: type) -> None:
             super(cls, sub).__init_subclass__(**kwargs)  # type: ignore[arg-type]
         make_stateful(sub)
 
-    _wrap(cls, "__init_subclass__", classmethod(__init_subclass__))
-    _wrap(cls, "__stepfsm_hook__", True)
+    patch(cls, "__init_subclass__", classmethod(__init_subclass__))
+    patch(cls, "__stepfsm_hook__", True)
 
 
-# ----------------------------------------------------------------- copies
-
-
-def _is_pydantic(cls: type) -> bool:
-    return hasattr(cls, "__pydantic_fields__") and hasattr(cls, "model_dump")
-
-
-def _loaded_lifecycle(obj: object) -> Lifecycle | None:
-    lc = registry.LIVE.get(id(obj))
-    if lc is None or lc._state is State.UNLOADED or lc._owner() is not obj:
-        return None
-    if lc._diff is None and not (lc._pre is not None and lc._state is State.LOADING):
-        return None
-    return lc
-
-
-def _install_copy_hooks(cls: type) -> None:
-    if any("__stepfsm_copy__" in vars(base) for base in cls.__mro__):
-        return
-    _wrap(cls, "__stepfsm_copy__", True)
-    if _is_pydantic(cls):
-        _install_pydantic_copy_hooks(cls)
-        return
-    original: Callable[[Any, Any], Any] = cls.__reduce_ex__  # type: ignore[assignment]
-
-    def __reduce_ex__(self: Any, protocol: Any) -> Any:
-        rv = original(self, protocol)
-        lc = _loaded_lifecycle(self)
-        if lc is None or not isinstance(rv, tuple) or len(rv) < 3:
-            return rv
-        state = rv[2]
-        if isinstance(state, dict):
-            state = lc.preload_state(state)
-        elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-            # (__dict__ or None, {slot: value}): the protocol-2 state of a slotted class
-            attrs = state[0]
-            state = (
-                lc.preload_state(attrs) if isinstance(attrs, dict) else attrs,
-                lc.preload_state(state[1]),
-            )
-        else:
-            return rv
-        return (*rv[:2], state, *rv[3:])
-
-    _wrap(cls, "__reduce_ex__", __reduce_ex__)
-
-
-def _install_pydantic_copy_hooks(cls: type) -> None:
-    copy_ = cls.__copy__  # type: ignore[attr-defined]
-    deepcopy_ = cls.__deepcopy__  # type: ignore[attr-defined]
-    getstate_ = cls.__getstate__  # type: ignore[attr-defined]
-
-    def view(self: Any) -> Any:
-        """A shallow stand-in for ``self`` whose attributes have their pre-load values."""
-        lc = _loaded_lifecycle(self)
-        if lc is None:
-            return self
-        stand_in = object.__new__(type(self))
-        setattr_ = object.__setattr__
-        setattr_(stand_in, "__dict__", lc.preload_state(self.__dict__))
-        setattr_(stand_in, "__pydantic_extra__", self.__pydantic_extra__)
-        setattr_(stand_in, "__pydantic_fields_set__", self.__pydantic_fields_set__)
-        private = self.__pydantic_private__
-        if private is not None:
-            private = lc.preload_state(private, private=True)
-        setattr_(stand_in, "__pydantic_private__", private)
-        return stand_in
-
-    def __copy__(self: Any) -> Any:
-        return copy_(view(self))
-
-    def __deepcopy__(self: Any, memo: dict[int, Any] | None = None) -> Any:
-        return deepcopy_(view(self), memo)
-
-    def __getstate__(self: Any) -> Any:
-        return getstate_(view(self))
-
-    _wrap(cls, "__copy__", __copy__)
-    _wrap(cls, "__deepcopy__", __deepcopy__)
-    _wrap(cls, "__getstate__", __getstate__)
+def install_subclass_hook(cls: type) -> None:
+    """Make every later subclass of ``cls`` stateful (integrations use it on their bases)."""
+    _install_subclass_hook(cls)

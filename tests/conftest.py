@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import stepfsm
-from stepfsm import registry
+from stepfsm import _settings, registry
 from tests.support import stacks
 
 try:
@@ -134,19 +134,16 @@ def busy_switching() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _clean_stepfsm() -> Iterator[None]:
     """Each test starts with default settings and leaves no step loaded."""
-    previous = {
-        k: getattr(stepfsm._settings.SETTINGS, k) for k in stepfsm._settings._Settings.__slots__
-    }
-    listeners = list(stepfsm._settings.LISTENERS)
+    previous = _settings.snapshot()
+    listeners = _settings.listeners()
     with HELD_LOCK:
         HELD.clear()  # count only the handles this test opens
     yield
-    for key, value in previous.items():
-        setattr(stepfsm._settings.SETTINGS, key, value)
-    stepfsm._settings.LISTENERS = listeners
+    previous.restore()
+    _settings.restore_listeners(listeners)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for lc in list(registry.LIVE.values()):
+        for lc in registry.live():
             if lc.state in (stepfsm.State.LOADED, stepfsm.State.FAILED):
                 step = lc.step
                 if isinstance(step, FakeStep):
@@ -155,8 +152,7 @@ def _clean_stepfsm() -> Iterator[None]:
                 with contextlib.suppress(Exception):
                     lc.unload(force=True)
             if lc.state is not stepfsm.State.UNLOADED:  # beyond repair: forget it
-                registry.LIVE.pop(lc._owner.key, None)
-                registry.LOADED.pop(lc._owner.key, None)
+                registry.forget_where(lambda step, lc=lc: step is lc.step)
 
 
 @pytest.fixture

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from stepfsm import Lifecycle
 
 
 def require(available: bool, what: str) -> None:
@@ -38,3 +45,44 @@ def stacks() -> str:
         faulthandler.dump_traceback(out, all_threads=True)
         out.seek(0)
         return out.read()
+
+
+@contextlib.contextmanager
+def holding(lc: Lifecycle) -> Iterator[None]:
+    """Hold ``lc``'s claim from another thread for the ``with`` block.
+
+    As an operation that never ends would: other operations wait, a fork
+    sees it held. The one place where tests take a lifecycle's claim by hand
+    (``Lifecycle._claim``/``_end``), so that no test reaches for a lock.
+    """
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        claim = lc._claim("a test's hold")
+        taken.set()
+        done.wait(30)
+        lc._end(claim)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(10), "the hold was never taken"
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+
+
+T = TypeVar("T")
+
+
+def under_claim(lc: Lifecycle, check: Callable[[], T]) -> T:
+    """Run ``check()`` holding ``lc``'s claim on this thread: no operation on ``lc`` runs meanwhile.
+
+    Waits for a running operation first, so ``check`` sees a settled state.
+    """
+    claim = lc._claim("a test's check")
+    try:
+        return check()
+    finally:
+        lc._end(claim)

@@ -17,16 +17,16 @@ after ``install()`` is covered. Guarded methods: ``generate``, ``agenerate``,
 ``process`` (steps). A task's ``load()`` loading its ``llm`` is an acquire, so
 an LLM loaded by hand is reused and stays loaded after the task unloads.
 
-``install(on_unloaded_use="warn")`` is the migration mode (DESIGN.md §4):
+``install(on_unloaded_use="warn")`` is the migration mode (``docs/design.md``, section 4):
 distilabel's own unit tests see no change. A guarded call on a step that is
 not loaded warns and runs; ``on_repeat`` defaults to ``"warn"`` too (a
 repeated ``load()`` warns and does nothing); and a ``load()``/``unload()``
 whose own code raises re-raises that exception unchanged instead of
 ``LoadError``/``UnloadError`` (the step is ``failed`` all the same). See
-docs/distilabel-compat.md for the measurement.
+``docs/distilabel-compat.md`` for the measurement.
 
 distilabel deep-copies each step and pickles it into its worker processes;
-the copies arrive ``unloaded`` without the parent's resources (DESIGN.md §5),
+the copies arrive ``unloaded`` without the parent's resources (``docs/design.md``, section 5),
 so the worker loads its own and the notebook's LLM stays loaded.
 
 This is the only stepfsm module that imports distilabel (besides the demo's
@@ -46,7 +46,7 @@ from distilabel.steps.base import _Step
 
 from .. import registry
 from .._settings import Layer, OnRepeat, OnUnloadedUse, check_policy
-from ..wrap import _install_subclass_hook, make_stateful, unmake_stateful
+from ..wrap import install_subclass_hook, make_stateful, unmake_stateful
 
 __all__ = ["BASES", "LAYER", "install", "installed", "uninstall"]
 
@@ -163,7 +163,7 @@ def install(
                     before_load=_ensure_logger,
                     layer=LAYER,
                 )
-            _install_subclass_hook(base)
+            install_subclass_hook(base)
         _installed = True
 
 
@@ -181,11 +181,8 @@ def uninstall() -> None:
         classes = [cls for base in BASES for cls in _tree(base)]
         for cls in reversed(classes):
             unmake_stateful(cls)
-        for key, lc in list(registry.LIVE.items()):
-            owner = lc._owner()
-            if owner is not None and isinstance(owner, tuple(BASES)):
-                registry.LIVE.pop(key, None)
-                registry.LOADED.pop(key, None)
+        bases = tuple(BASES)
+        registry.forget_where(lambda step: isinstance(step, bases))
         LAYER.on_repeat = LAYER.on_unloaded_use = None
         LAYER.raise_original = False
         _installed = False

@@ -59,19 +59,15 @@ LIFECYCLE_OPS: tuple[Op, ...] = tuple(op for op in OPS if op != "copy")
 _NOT_STATE = frozenset(
     {
         "__weakref__",
-        "_owner",
+        "owner_ref",
         "_cfg",
-        "_lock",
-        "_cond",
         "_since",
         "_began",
-        "_began_wall",
         "_load_s",
-        "_load_seq",
         "_history",
         "_listeners",
         "_outbox",
-        "_name",
+        "_waiters",
     }
 )
 

@@ -100,9 +100,8 @@ class Worker:
 
 
 def _waiters(step: CountingStep) -> int:
-    """How many threads wait on the step's condition and were not notified yet."""
-    condition = stepfsm.lifecycle(step)._cond  # private: only the library's own tests look
-    return len(condition._waiters) if condition is not None else 0  # type: ignore[attr-defined]
+    """How many threads wait to operate on the step and were not woken yet."""
+    return stepfsm.lifecycle(step).statistics().waiting
 
 
 def _settle(workers: list[Worker], gate: Gate) -> None:

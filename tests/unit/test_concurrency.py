@@ -28,6 +28,7 @@ from stepfsm import (
     TransitionInProgressError,
 )
 from tests.conftest import Boom, FakeStep, held_count, run_threads
+from tests.support import under_claim
 
 TRANSIENT = (State.LOADING, State.UNLOADING)
 
@@ -46,11 +47,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 def waiters(lc: Lifecycle) -> int:
     """How many threads are blocked on the lifecycle's condition right now."""
-    cond = lc._cond
-    if cond is None:
-        return 0
-    with lc._lock:
-        return len(cond._waiters)  # type: ignore[attr-defined]
+    return lc.statistics().waiting
 
 
 class Worker:
@@ -301,7 +298,7 @@ def test_waiter_sees_the_failure_of_another_threads_load() -> None:
     with pytest.raises(StepFailedError, match=r"is 'failed' since .* after Boom: no GPU") as info:
         user.join()
     assert info.value.cause is step.fail_load
-    assert not lc._lock.locked()
+    assert lc.statistics().owner is None
 
 
 @pytest.mark.timeout(30)
@@ -387,7 +384,7 @@ def test_other_lifecycle_operations_inside_own_load_raise(
     step.load()
     lc = stepfsm.lifecycle(step)
     assert (lc.state, lc.holders, step.loads) == (State.LOADED, (), 1)
-    assert not lc._lock.locked()
+    assert lc.statistics().owner is None
 
 
 REFUSED_INSIDE_UNLOAD = [
@@ -420,7 +417,7 @@ def test_other_lifecycle_operations_inside_own_unload_raise(
     step.unload()
     lc = stepfsm.lifecycle(step)
     assert (lc.state, step.unloads, step.held) == (State.UNLOADED, 1, False)
-    assert not lc._lock.locked()
+    assert lc.statistics().owner is None
 
 
 @pytest.mark.timeout(10)
@@ -433,7 +430,7 @@ def test_reentry_error_escaping_load_fails_the_step_without_deadlock() -> None:
     assert isinstance(info.value.cause, TransitionInProgressError)
     lc = stepfsm.lifecycle(step)
     assert lc.state is State.FAILED
-    assert not lc._lock.locked()
+    assert lc.statistics().owner is None
     step.inside_load = None
     step.load()  # cleans up, then loads
     assert lc.state is State.LOADED
@@ -762,13 +759,16 @@ REFUSALS: dict[str, tuple[type[StepStateError], ...]] = {
 
 def check_settled(step: FakeStep, lc: Lifecycle, me: StormThread) -> None:
     """With the lock held and no transition running: the resource is held iff state is loaded."""
-    with lc._lock:
-        state = lc._state
-        if state not in TRANSIENT:
-            assert (state is State.LOADED) == step.held, f"state {state} but held={step.held}"
-            assert state is not State.FAILED
+
+    def check() -> None:
+        state = lc.state
+        assert state not in TRANSIENT, f"{state} while claimed"
+        assert (state is State.LOADED) == step.held, f"state {state} but held={step.held}"
+        assert state is not State.FAILED
         if me.holds:  # while this thread holds the step nobody can unload it
             assert state is State.LOADED, f"held by {me.token} but {state}"
+
+    under_claim(lc, check)
 
 
 def storm_op(op: str, step: FakeStep, lc: Lifecycle, me: StormThread) -> None:
@@ -848,7 +848,7 @@ def test_storm_of_operations_keeps_resource_held_iff_loaded() -> None:
     assert "fail" not in triggers
     assert step.loads == step.unloads >= rounds  # every round loaded at least once
     assert (lc.state, lc.holders, held_count()) == (State.UNLOADED, (), 0)
-    assert not lc._lock.locked()
+    assert lc.statistics().owner is None
 
 
 @pytest.mark.timeout(60)
@@ -879,12 +879,17 @@ def test_storm_with_composition_keeps_child_loaded_while_parent_is() -> None:
                 if not isinstance(refused, REFUSALS.get(op.partition(".")[2], ())):
                     raise
             for lc in task_lcs:
-                with lc._lock:
-                    if lc._state is State.LOADED:
-                        assert llm_lc._state is State.LOADED, "a loaded task on an unloaded LLM"
-            with llm_lc._lock:
-                if llm_lc._state not in TRANSIENT:
-                    assert (llm_lc._state is State.LOADED) == llm.held
+
+                def task_check(lc: Lifecycle = lc) -> None:
+                    if lc.state is State.LOADED:
+                        assert llm_lc.state is State.LOADED, "a loaded task on an unloaded LLM"
+
+                under_claim(lc, task_check)
+
+            def llm_check() -> None:
+                assert (llm_lc.state is State.LOADED) == llm.held
+
+            under_claim(llm_lc, llm_check)
 
     assert run_threads(8, body, timeout=50) == []
     for task in tasks:

@@ -38,6 +38,7 @@ from stepfsm import (
     registry,
 )
 from tests.conftest import Boom, FakeStep
+from tests.support import holding, under_claim
 
 pydantic = pytest.importorskip("pydantic")
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError  # noqa: E402
@@ -136,10 +137,10 @@ def assert_fresh(lc: Lifecycle, original: Lifecycle | None = None) -> None:
     assert lc.holders == ()
     assert lc.error is None
     assert lc.history == ()
-    assert not lc._lock.locked()
+    assert lc.statistics().owner is None
     if original is not None:
         assert lc is not original
-        assert lc._lock is not original._lock
+        assert original.statistics().owner is None or lc.statistics().owner is None
 
 
 # ------------------------------------------------------ plain classes: copies
@@ -290,7 +291,7 @@ def test_subclass_copy_leaves_out_what_its_own_load_added(
 def test_pickling_does_not_take_the_steps_lock(loaded_file_step: FileStep) -> None:
     """Pickling a step whose lock is held elsewhere neither blocks nor deadlocks."""
     lc = stepfsm.lifecycle(loaded_file_step)
-    with lc._lock:
+    with holding(lc):
         twin = pickle_copy(loaded_file_step)
         shallow = copy.copy(loaded_file_step)
     assert (twin.fh, shallow.fh) == (None, None)
@@ -724,11 +725,10 @@ class Scene:
         self.mid_load.gate, self.mid_unload.gate = self.gates
         self.release_lock = threading.Event()
         lock_taken = threading.Event()
+        locked = stepfsm.lifecycle(self.locked)
 
         def hold_lock() -> None:
-            with stepfsm.lifecycle(self.locked)._lock:
-                lock_taken.set()
-                self.release_lock.wait(10)
+            under_claim(locked, lambda: (lock_taken.set(), self.release_lock.wait(10)))
 
         self.threads = [
             threading.Thread(target=self.mid_load.load, daemon=True),
@@ -745,7 +745,7 @@ class Scene:
             time.sleep(0.001)
         assert stepfsm.state(self.mid_load) is State.LOADING
         assert stepfsm.state(self.mid_unload) is State.UNLOADING
-        assert stepfsm.lifecycle(self.locked)._lock.locked()
+        assert stepfsm.lifecycle(self.locked).statistics().owner is not None
 
     @property
     def steps(self) -> list[Any]:
@@ -777,22 +777,25 @@ def test_forked_child_sees_every_lifecycle_unloaded_with_attributes_kept(
 ) -> None:
     """In a forked child every lifecycle is unloaded, unlocked and unheld; attributes are kept."""
     scene = Scene(data_file)
-    snapshot = {id(s): dict(vars(s)) for s in scene.steps}
+    flag = "__stepfsm_loaded__"  # the guards' loaded flag: cleared in the child, like the state
+    snapshot = {id(s): {k: v for k, v in vars(s).items() if k != flag} for s in scene.steps}
     private = dict(scene.model.__pydantic_private__ or {})
 
     def check() -> None:
         for step in scene.steps:
             lc = stepfsm.lifecycle(step)
             assert (lc.state, lc.holders, lc.error) == (State.UNLOADED, (), None), lc.name
-            assert lc._thread is None, lc.name
-            assert not lc._lock.locked(), f"{lc.name}: lock still held in the child"
+            stats = lc.statistics()
+            assert not stats.running_user_code, lc.name
+            assert stats.owner is None, f"{lc.name}: still claimed in the child"
             assert lc.history == (), lc.name
+            assert flag not in vars(step), f"{lc.name}: still flagged loaded in the child"
             assert vars(step) == snapshot[id(step)], f"{lc.name}: attributes changed"
         assert scene.model.__pydantic_private__ == private
         assert scene.loaded.handle is not None
         assert not scene.loaded.handle.closed
         assert not scene.file.fh.closed
-        assert registry.LOADED == {}
+        assert registry.loaded_table() == {}
         assert {row.state for row in stepfsm.status()} == {State.UNLOADED}
 
     try:
@@ -868,7 +871,7 @@ def test_fork_inside_a_load_gives_a_child_that_loads_normally() -> None:
 
     def check() -> None:
         lc = stepfsm.lifecycle(spawner)
-        assert (lc.state, lc._thread) == (State.UNLOADED, None)
+        assert (lc.state, lc.statistics().owner) == (State.UNLOADED, None)
         spawner.load()  # a real transition, not a pass-through of the parent's load
         assert [r.trigger for r in lc.history] == ["begin_load", "finish_load"]
         spawner.unload()
@@ -918,7 +921,7 @@ def test_forked_child_after_heavy_threading_is_not_deadlocked() -> None:
     def check() -> None:
         for step in steps:
             lc = stepfsm.lifecycle(step)
-            assert not lc._lock.locked()
+            assert lc.statistics().owner is None
             assert lc.state is State.UNLOADED
             with stepfsm.loaded(step):
                 assert step.use(2) == 2

@@ -60,9 +60,7 @@ def in_thread(fn: Callable[[], Any], timeout: float = 5.0) -> Any:
 
 
 def assert_no_lock_held(lc: Lifecycle) -> None:
-    assert not lc._lock.locked()
-    assert lc._lock.acquire(blocking=False)
-    lc._lock.release()
+    assert lc.statistics().owner is None
 
 
 # ------------------------------------------------------------------- in load
@@ -81,7 +79,7 @@ def test_interrupted_load_fails_and_propagates_unchanged(step: FakeStep, kind: s
     assert info.value.__cause__ is None  # not wrapped, not chained
     assert lc.state is State.FAILED
     assert lc.error is raised
-    assert lc._thread is None
+    assert not lc.statistics().running_user_code
     assert_no_lock_held(lc)
     assert [(r.trigger, r.dest, type(r.error), r.error.args) for r in lc.history[-1:]] == [  # type: ignore[union-attr]
         ("fail", State.FAILED, type(raised), raised.args)
@@ -207,7 +205,7 @@ def test_interrupted_load_in_one_thread_wakes_a_waiting_thread(kind: str) -> Non
 
     second = threading.Thread(target=waiting_ensure_loaded, daemon=True)
     second.start()
-    while lc._cond is None or not lc._cond._waiters:  # type: ignore[attr-defined]
+    while not lc.statistics().waiting:
         gate.wait(0.001)
     gate.set()
     first.join(5)
@@ -247,9 +245,7 @@ def test_ctrl_c_while_waiting_only_interrupts_the_wait(
     def ctrl_c_once_waiting() -> None:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            with lc._lock:
-                waiting = lc._cond is not None and len(lc._cond._waiters)  # type: ignore[attr-defined]
-            if waiting:
+            if lc.statistics().waiting:
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
                 return
             time.sleep(0.001)
@@ -263,7 +259,8 @@ def test_ctrl_c_while_waiting_only_interrupts_the_wait(
             operation(step)
         interrupter.join(5)
         assert (lc.state, lc.holders, lc.error) == (State.LOADING, (), None)
-        assert not lc._lock.locked()
+        stats = lc.statistics()
+        assert (stats.owner, stats.waiting) == (loader.ident, 0)  # only the loader, no waiter
     finally:
         gate.set()
         loader.join(5)
@@ -288,7 +285,7 @@ def test_interrupted_unload_fails_and_propagates_unchanged(step: FakeStep, kind:
     assert info.value.__cause__ is None
     assert (lc.state, lc.error) == (State.FAILED, raised)
     assert step.held  # the unload was cut short: the resource may still be held
-    assert lc._thread is None
+    assert not lc.statistics().running_user_code
     assert_no_lock_held(lc)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import stepfsm
 from stepfsm import DuplicateLoadWarning, State, registry
+from stepfsm.machine import call_load
 from tests.conftest import Boom, FakeStep
 
 
@@ -36,14 +37,13 @@ class Configured:
 def test_lifecycles_are_created_lazily_and_tracked_weakly() -> None:
     """A lifecycle exists only once asked for, and goes away with its object."""
     obj = FakeStep("temp")
-    assert id(obj) not in registry.LIVE
+    assert registry.find(obj) is None
     lc = stepfsm.lifecycle(obj)
     assert stepfsm.lifecycle(obj) is lc
-    assert registry.LIVE[id(obj)] is lc
-    key = id(obj)
+    assert registry.find(obj) is lc
     del obj
     gc.collect()
-    assert key not in registry.LIVE or registry.LIVE[key] is not lc
+    assert all(other is not lc for other in registry.live())
     assert lc.step is None
     assert lc.name == "<dead step>"
 
@@ -175,7 +175,7 @@ def test_listener_sees_begin_before_the_load_runs(step: FakeStep) -> None:
         order.append("user load")
         real_load(self)
 
-    stepfsm.lifecycle(step).call_load(load_spy, (), {})
+    call_load(step, load_spy, (), {})
     assert order == ["begin_load", "user load", "finish_load"]
 
 
@@ -196,10 +196,10 @@ def test_raising_listener_is_logged_not_propagated(
 
 
 def test_subscribe_rejects_non_callables(step: FakeStep) -> None:
-    """subscribe() needs a callable."""
-    with pytest.raises(TypeError, match="needs a callable, not int"):
+    """subscribe() needs a callable, and says what it got."""
+    with pytest.raises(TypeError, match=r"fn\(lifecycle, record\), but 3 is a int, not a function"):
         stepfsm.subscribe(3)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="needs a callable, not str"):
+    with pytest.raises(TypeError, match=r"but 'x' is a str, not a function"):
         stepfsm.lifecycle(step).subscribe("x")  # type: ignore[arg-type]
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import stepfsm
 from stepfsm import State, StepStateError
-from stepfsm.machine import _MACHINE
+from stepfsm._engine import MACHINE, fire
 from stepfsm.states import INITIAL, TRANSIENT, TRANSITIONS, Transition, _build_index, next_state
 from tests.conftest import FakeStep
 
@@ -38,13 +38,13 @@ def test_engine_is_built_from_the_table() -> None:
     """The shared transitions machine has exactly the table's events and edges."""
     edges = {
         (name, source, t.dest)
-        for name, event in _MACHINE.events.items()
+        for name, event in MACHINE.events.items()
         for source, ts in event.transitions.items()
         for t in ts
     }
     expected = {(t.trigger, s.value, t.dest.value) for t in TRANSITIONS for s in t.sources}
     assert edges == expected
-    assert _MACHINE.models == []  # lifecycles are never registered (strong references)
+    assert MACHINE.models == []  # lifecycles are never registered (strong references)
 
 
 @pytest.mark.parametrize(
@@ -78,10 +78,8 @@ def test_machine_error_is_translated(step: FakeStep) -> None:
     from transitions import MachineError
 
     lc = stepfsm.lifecycle(step)
-    with (
-        lc._lock,
-        pytest.raises(StepStateError, match="cannot finish_load from state 'unloaded'") as info,
-    ):
-        lc._fire("finish_load")
+    with pytest.raises(StepStateError, match="cannot finish_load from state 'unloaded'") as info:
+        fire(lc, "finish_load", State.UNLOADED)  # type: ignore[arg-type]
     assert isinstance(info.value.__cause__, MachineError)
+    assert info.value.operation == "finish_load"
     assert lc.state is State.UNLOADED

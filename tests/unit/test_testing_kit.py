@@ -222,7 +222,7 @@ def test_check_lifecycle_leaves_no_object_alive() -> None:
     gc.collect()
     assert len(made) >= EXAMPLES
     assert [ref() for ref in made if ref() is not None] == []
-    assert [lc for lc in registry.LIVE.values() if isinstance(lc._owner(), Good)] == []
+    assert [lc for lc in registry.live() if isinstance(lc.step, Good)] == []
 
 
 def test_check_lifecycle_passes_a_correct_pydantic_model() -> None:

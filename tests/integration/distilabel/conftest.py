@@ -71,9 +71,8 @@ def restore_process() -> Iterator[None]:
     root.setLevel(level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # clean-up warnings of objects a test left failed
-        for lc in list(registry.LIVE.values()):
-            owner = lc._owner()
-            if owner is not None and isinstance(owner, tuple(integration.BASES)):
+        for lc in registry.live():
+            if isinstance(lc.step, tuple(integration.BASES)):
                 with contextlib.suppress(Exception):  # the test is over; its own business
                     lc.unload(force=True)
     if was_installed:
