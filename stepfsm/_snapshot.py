@@ -19,6 +19,7 @@ Records are keyed by ``id(step)`` and dropped when the step unloads, dies
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -49,9 +50,20 @@ class _Record:
     with its pre-load and its loaded value.
     """
 
-    __slots__ = ("after", "after_private", "before", "before_private", "pre", "pre_private")
+    __slots__ = (
+        "after",
+        "after_private",
+        "before",
+        "before_private",
+        "owner",
+        "pre",
+        "pre_private",
+    )
 
-    def __init__(self, pre: Values | None, pre_private: Values | None) -> None:
+    def __init__(self, owner: object, pre: Values | None, pre_private: Values | None) -> None:
+        #: the step, weakly: a record whose step died is never applied to a new
+        #: object that reuses its id (its weakref callback may have been interrupted)
+        self.owner = weakref.ref(owner)
         self.pre = pre
         self.pre_private = pre_private
         self.before: Values = {}
@@ -97,18 +109,20 @@ def begin(owner: Any, cfg: ClassConfig) -> None:
     """A load of ``owner`` is about to run: record the values it starts from."""
     pre = attributes(owner, cfg) if cfg.has_dict or cfg.slots else None
     pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
-    _RECORDS[id(owner)] = _Record(pre, pre_private)
+    _RECORDS[id(owner)] = _Record(owner, pre, pre_private)
 
 
 def finish(owner: Any, cfg: ClassConfig) -> None:
     """The load of ``owner`` ended (returned or raised): keep only what it set."""
     record = _RECORDS.get(id(owner))
-    if record is None or (record.pre is None and record.pre_private is None):
+    if record is None or record.owner() is not owner:
+        return
+    if record.pre is None and record.pre_private is None:
         return
     if record.pre is not None:
         record.before, record.after = changes(record.pre, attributes(owner, cfg))
     if record.pre_private is not None:
-        current = owner.__pydantic_private__ or {}
+        current = getattr(owner, "__pydantic_private__", None) or {}
         record.before_private, record.after_private = changes(record.pre_private, current)
     record.pre = record.pre_private = None
     if not record.before and not record.before_private:
@@ -142,7 +156,7 @@ def preload_state(obj: object, state: Values, private: bool = False) -> Values:
     if not private:
         state = strip(state)
     record = _RECORDS.get(id(obj))
-    if record is None:
+    if record is None or record.owner() is not obj:
         return state
     pre = record.pre_private if private else record.pre
     if pre is not None:  # the load is running: compare with where it started
@@ -244,7 +258,8 @@ def _install_pydantic_copy_hooks(cls: type) -> None:
     def view(self: Any) -> Any:
         """A shallow stand-in for ``self`` whose attributes have their pre-load values."""
         attrs = self.__dict__
-        if LOADED_FLAG not in attrs and id(self) not in _RECORDS:
+        record = _RECORDS.get(id(self))
+        if LOADED_FLAG not in attrs and (record is None or record.owner() is not self):
             return self
         stand_in = object.__new__(type(self))
         setattr_ = object.__setattr__
@@ -278,7 +293,7 @@ def preload_view(obj: Any) -> Any:
     """
     cfg = class_config(type(obj))
     record = _RECORDS.get(id(obj))
-    if cfg is None or not cfg.has_dict or record is None:
+    if cfg is None or not cfg.has_dict or record is None or record.owner() is not obj:
         return obj
     stand_in = object.__new__(type(obj))
     object.__setattr__(stand_in, "__dict__", preload_state(obj, obj.__dict__))

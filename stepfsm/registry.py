@@ -63,8 +63,10 @@ __all__ = [
 
 #: id(owner) -> Lifecycle, for every live object whose lifecycle exists.
 _LIVE: Final[dict[int, Lifecycle]] = {}
-#: id(owner) -> Lifecycle, for those currently loaded.
-_LOADED: Final[dict[int, Lifecycle]] = {}
+#: id(owner) -> the weak reference to it, for those currently loaded (a guard of a
+#: slotted class checks the reference too: an entry an interrupted weakref
+#: callback left behind cannot vouch for a new object that reuses the id).
+_LOADED: Final[dict[int, OwnerRef]] = {}
 #: id(owner) -> its place in the order of loads (for unload_all()).
 _ORDER: Final[dict[int, int]] = {}
 _SEQUENCE: Final = itertools.count(1)
@@ -84,7 +86,7 @@ class OwnerRef(weakref.ref):  # type: ignore[type-arg]
 def _forget(
     ref: OwnerRef,
     _live: dict[int, Lifecycle] = _LIVE,
-    _loaded: dict[int, Lifecycle] = _LOADED,
+    _loaded: dict[int, OwnerRef] = _LOADED,
     _order: dict[int, int] = _ORDER,
 ) -> None:
     """Weakref callback: drop the dead step's entries (unless the id was reused).
@@ -92,9 +94,10 @@ def _forget(
     The tables are bound as defaults: at interpreter exit the module's globals
     may already be gone when the last callbacks run.
     """
+    if _loaded.get(ref.key) is ref:
+        del _loaded[ref.key]
     entry = _live.get(ref.key)
     if entry is not None and entry.owner_ref is ref:
-        _loaded.pop(ref.key, None)
         _order.pop(ref.key, None)
         _unindex(ref.key, entry)
         _snapshot.drop(ref.key)
@@ -148,8 +151,8 @@ def forget_where(predicate: Callable[[object], bool]) -> None:
 # --------------------------------------------------------------- what is loaded
 
 
-def loaded_table() -> dict[int, Lifecycle]:
-    """``id(step) -> lifecycle`` of the loaded steps: read-only, for guards of slotted classes."""
+def loaded_table() -> dict[int, OwnerRef]:
+    """``id(step) -> weak reference`` of the loaded steps (read-only; slotted classes' guards)."""
     return _LOADED
 
 
@@ -164,7 +167,7 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
         bucket = (type(owner), config[0])
         _CONFIG_OF[key] = (bucket, config[1])
         _BY_CONFIG.setdefault(bucket, []).append(lc)
-    _LOADED[key] = lc
+    _LOADED[key] = lc.owner_ref
     attrs = getattr(owner, "__dict__", None)
     if isinstance(attrs, dict):
         attrs[LOADED_FLAG] = True
@@ -177,7 +180,8 @@ def mark_unloaded(lc: Lifecycle, owner: object | None) -> None:
         if isinstance(attrs, dict):
             attrs.pop(LOADED_FLAG, None)
     key = lc.owner_ref.key
-    _LOADED.pop(key, None)
+    if _LOADED.get(key) is lc.owner_ref:
+        del _LOADED[key]
     _unindex(key, lc)
 
 

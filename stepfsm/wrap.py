@@ -296,10 +296,17 @@ def _wrap_transition(
 
 
 _P = inspect.Parameter
+
+
+def _dead() -> None:
+    """What the loaded table's missing entry dereferences to."""
+    return None
+
+
 #: The fast path: one attribute read (the flag) or, without a __dict__, one id() lookup.
 _CHECKS: Final = {
     True: "not {self}." + LOADED_FLAG,
-    False: "_stepfsm_id({self}) not in _stepfsm_loaded",
+    False: "_stepfsm_loaded.get(_stepfsm_id({self}), _stepfsm_dead)() is not {self}",
 }
 _TEMPLATE: Final = """\
 {kw}def {name}({params}):
@@ -331,6 +338,7 @@ def make_guard(
     namespace: dict[str, Any] = {
         "_stepfsm_id": id,
         "_stepfsm_loaded": registry.loaded_table(),
+        "_stepfsm_dead": _dead,
         "_stepfsm_slow": machine.require_loaded,
         "_stepfsm_fn": fn,
     }

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -86,3 +86,26 @@ def under_claim(lc: Lifecycle, check: Callable[[], T]) -> T:
         return check()
     finally:
         lc._end(claim)
+
+
+def in_thread(fn: Callable[[], T], timeout: float = 10.0) -> T:
+    """Run ``fn`` in another thread and return its result (re-raising what it raised).
+
+    Fails unless it finishes within ``timeout`` seconds.
+    """
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as error:  # re-raised below, in the caller's thread
+            box["error"] = error
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the other thread did not finish within {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result

@@ -21,6 +21,7 @@ import pytest
 import stepfsm
 from stepfsm import Lifecycle, State, StepFailedError, TransitionRecord
 from tests.conftest import Boom, FakeStep, held_count
+from tests.support import in_thread
 
 
 def interruption(kind: str, where: str) -> BaseException:
@@ -38,25 +39,6 @@ TYPES: dict[str, type[BaseException]] = {
     "SystemExit": SystemExit,
     "CancelledError": asyncio.CancelledError,
 }
-
-
-def in_thread(fn: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Run ``fn`` in another thread and return its result; fail if it does not finish in time."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as error:  # re-raised below, in the test's thread
-            box["error"] = error
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"the other thread did not finish within {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 def assert_no_lock_held(lc: Lifecycle) -> None:
