@@ -53,13 +53,13 @@ def test_the_model_only_settles_in_settled_states() -> None:
 def test_every_row_of_the_table_is_used_by_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each (source, trigger) pair of stepfsm.states.TRANSITIONS is fired by some operation."""
     fired: set[tuple[State, str]] = set()
-    real = kit.next_state
+    real = kit.model.next_state
 
     def spy(state: State, trigger: str) -> State | None:
         fired.add((state, trigger))
         return real(state, trigger)
 
-    monkeypatch.setattr(kit, "next_state", spy)
+    monkeypatch.setattr(kit.model, "next_state", spy)
     for config, op, outcome, policy in every_step():
         model_step(config.state, config.holders, op, outcome, on_repeat=policy)  # type: ignore[arg-type]
     rows = {(source, row.trigger) for row in TRANSITIONS for source in row.sources}
@@ -68,8 +68,10 @@ def test_every_row_of_the_table_is_used_by_the_model(monkeypatch: pytest.MonkeyP
 
 def test_the_model_follows_the_table_not_its_own_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Removing a row from the table breaks the model (it has no rules of its own)."""
-    real = kit.next_state
-    monkeypatch.setattr(kit, "next_state", lambda s, t: None if t == "finish_load" else real(s, t))
+    real = kit.model.next_state
+    monkeypatch.setattr(
+        kit.model, "next_state", lambda s, t: None if t == "finish_load" else real(s, t)
+    )
     with pytest.raises(kit.ModelError, match="finish_load"):
         model_step(State.UNLOADED, kit.Holders(), "load")
 

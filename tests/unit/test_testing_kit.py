@@ -421,5 +421,5 @@ def test_flaky_failures_are_reported_as_the_assertion_inside() -> None:
     group.exceptions = [ValueError("noise"), inner]  # type: ignore[attr-defined]
     outer = RuntimeError("wrapper")
     outer.__cause__ = group
-    assert testing._first_assertion(outer) is inner
-    assert testing._first_assertion(RuntimeError("nothing")) is None
+    assert testing.machine._first_assertion(outer) is inner
+    assert testing.machine._first_assertion(RuntimeError("nothing")) is None

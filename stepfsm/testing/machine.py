@@ -1,32 +1,10 @@
-"""Test your own stateful steps: a reference model, a hypothesis state machine and a checker.
+"""The hypothesis state machine that drives real objects against the model, and its test factory.
 
-Three lines test a step class of your own::
-
-    from stepfsm.testing import check_lifecycle
-
-    def test_my_llm_lifecycle():
-        check_lifecycle(MyLLM, is_held=lambda llm: llm.model is not None)
-
-:func:`check_lifecycle` drives several instances of the class, their copies
-and pickles, and a few threads through random sequences of ``load``,
-``ensure_loaded``, ``unload``, ``reload``, ``acquire``, ``release`` and
-guarded use, and after every step compares each object with the reference
-model: its state, its holders, the error class each call raised, and whether
-its resource is held (``is_held``). A failure is an :class:`AssertionError`
-naming the shortest sequence hypothesis found and the rule that broke, e.g.
-``after [s0 = factory(), s0.load(), s0.unload()] s0 is 'unloaded' but its resource is still
-held: unload() does not release it (or not all of it)``.
-
-The reference model (:func:`model_step`) is the lifecycle as a pure function
-``(state, holders, op, outcome) -> (state', holders', result)``. Every state it
-moves to comes from :data:`stepfsm.states.TRANSITIONS` (through
-:func:`stepfsm.states.next_state`); which transitions an operation fires, and
-what it returns or raises, is DESIGN.md section 2. stepfsm's own property tests
-check the library against this same function.
-
-Subclass :class:`LifecycleMachine` to add rules of your own; ``TestX =
-MyMachine.TestCase`` makes it a test. This module imports hypothesis; nothing
-in ``stepfsm`` imports this module, so ``import stepfsm`` never needs it.
+:class:`LifecycleMachine` drives several instances of a class, their copies
+and pickles, and a few threads through random operations, checking every
+call with :mod:`stepfsm.testing.observer` (and the concurrent rule with
+:mod:`stepfsm.testing.linearizer`) and every object after each rule.
+:func:`check_lifecycle` builds one for a factory and runs it.
 """
 
 from __future__ import annotations
@@ -40,7 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, NamedTuple, NoReturn, get_args
+from typing import Any, ClassVar, Final, NoReturn
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -54,506 +32,22 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ._settings import OnRepeat
-from .errors import (
-    AlreadyLoadedError,
+from ..errors import (
     CleanupWarning,
     DuplicateLoadWarning,
-    LoadError,
-    NotLoadedError,
     RepeatedLoadWarning,
-    StepFailedError,
-    StepInUseError,
     StepStateError,
     TransitionError,
-    UnloadError,
 )
-from .machine import TransitionRecord, lifecycle
-from .states import INITIAL, State, next_state
-from .wrap import is_stateful
-
-__all__ = [
-    "BEHAVIOURS",
-    "OPS",
-    "OUTCOMES",
-    "STEP",
-    "Behaviour",
-    "Call",
-    "Config",
-    "Holders",
-    "LifecycleMachine",
-    "ModelError",
-    "Observed",
-    "Op",
-    "Outcome",
-    "Ran",
-    "Result",
-    "Tracked",
-    "candidates",
-    "check_lifecycle",
-    "linearize",
-    "mismatches",
-    "model_step",
-    "perform",
-]
-
-# ---------------------------------------------------------------- the model
-
-#: How one call of the step's own load or unload code ends.
-Behaviour = Literal["ok", "error", "interrupt"]
-BEHAVIOURS: Final[tuple[Behaviour, ...]] = get_args(Behaviour)
-
-#: The lifecycle operations the model knows (``use`` is a guarded call or
-#: ``require_loaded()``; ``copy`` is a copy or pickle, which changes nothing).
-Op = Literal[
-    "load",
-    "ensure_loaded",
-    "unload",
-    "unload_force",
-    "reload",
-    "reload_force",
-    "acquire",
-    "release",
-    "use",
-    "copy",
-]
-OPS: Final[tuple[Op, ...]] = get_args(Op)
-
-Kind = Literal["load", "unload"]
-Ran = tuple[tuple[Kind, Behaviour], ...]
-
-
-class Outcome(NamedTuple):
-    """How the step's own code behaves during one operation.
-
-    ``load`` is how its load ends; ``unload`` how its unload ends (also when
-    the unload runs as the clean-up of a ``failed`` step).
-    """
-
-    load: Behaviour = "ok"
-    unload: Behaviour = "ok"
-
-    def __str__(self) -> str:
-        parts = [
-            f"{kind} {'raises' if how == 'error' else 'is interrupted'}"
-            for kind, how in (("load", self.load), ("unload", self.unload))
-            if how != "ok"
-        ]
-        return ", ".join(parts) or "no fault"
-
-
-_NO_FAULT: Final = Outcome()
-
-#: Every outcome, the successful one first.
-OUTCOMES: Final[tuple[Outcome, ...]] = tuple(
-    Outcome(load, unload) for load in BEHAVIOURS for unload in BEHAVIOURS
-)
-
-
-class Holders(NamedTuple):
-    """The holder bookkeeping of one step (DESIGN.md section 2, "Holders").
-
-    Attributes:
-        holds: live holds (``acquire()`` / ``loaded()`` without a ``release()`` yet).
-        by_acquire: the current load was done by an ``acquire()``, so the last
-            ``release()`` unloads.
-        owed: releases still owed by holders a forced unload evicted (no-ops).
-    """
-
-    holds: int = 0
-    by_acquire: bool = False
-    owed: int = 0
-
-
-class Config(NamedTuple):
-    """A settled step as the model sees it: its state and its holders."""
-
-    state: State = INITIAL
-    holders: Holders = Holders()
-
-
-class Result(NamedTuple):
-    """What an operation gives its caller, according to the model.
-
-    Attributes:
-        error: the exception class the call raises (``None``: it returns).
-        returned: what ``ensure_loaded()`` returns (``None`` for the others).
-        ran: the step's own code that runs, in order, with how each call ends.
-        warning: the ``StepFSMWarning`` subclass the call emits, if any.
-    """
-
-    error: type[BaseException] | None = None
-    returned: bool | None = None
-    ran: Ran = ()
-    warning: type[Warning] | None = None
-
-
-class ModelError(AssertionError):
-    """The model asked for a transition that the table in ``stepfsm.states`` does not have."""
-
-
-class _Run:
-    """One operation being applied by the model: the state moves only through the table."""
-
-    def __init__(self, state: State, holders: Holders, outcome: Outcome) -> None:
-        self.state = state
-        self.holders = holders
-        self.outcome = outcome
-        self.ran: list[tuple[Kind, Behaviour]] = []
-
-    def fire(self, trigger: str) -> None:
-        dest = next_state(self.state, trigger)
-        if dest is None:
-            raise ModelError(f"the table has no {trigger!r} from {self.state.value!r}")
-        self.state = dest
-
-    def call(self, kind: Kind) -> Behaviour:
-        """Run the step's own ``kind`` code: ``begin_*``, then ``finish_*`` or ``fail``."""
-        how = self.outcome.load if kind == "load" else self.outcome.unload
-        self.fire(f"begin_{kind}")
-        self.ran.append((kind, how))
-        self.fire(f"finish_{kind}" if how == "ok" else "fail")
-        if how == "ok" and kind == "unload":
-            self.holders = self.holders._replace(by_acquire=False)
-        return how
-
-    def evict(self) -> None:
-        held = self.holders
-        self.holders = held._replace(holds=0, owed=held.owed + held.holds)
-
-    def ensure(self) -> tuple[type[BaseException] | None, bool]:
-        """Make the step ``loaded`` (cleaning up a ``failed`` one first); (error, load ran)."""
-        if self.state is State.LOADED:
-            return None, False
-        if self.state is State.FAILED:
-            cleanup = self.call("unload")
-            if cleanup != "ok":
-                return _raised(cleanup, LoadError), False
-        return _raised(self.call("load"), LoadError), True
-
-
-def _raised(how: Behaviour, error: type[BaseException]) -> type[BaseException] | None:
-    if how == "ok":
-        return None
-    return error if how == "error" else KeyboardInterrupt
-
-
-def model_step(
-    state: State,
-    holders: Holders,
-    op: Op,
-    outcome: Outcome = _NO_FAULT,
-    *,
-    on_repeat: OnRepeat = "raise",
-) -> tuple[State, Holders, Result]:
-    """Apply ``op`` to a settled step: the reference model of DESIGN.md section 2.
-
-    Args:
-        state: the step's settled state (never ``loading``/``unloading``).
-        holders: its holder bookkeeping.
-        op: the operation (``unload_force`` is ``unload(force=True)``).
-        outcome: how the step's own load/unload code ends if it runs.
-        on_repeat: the step's ``on_repeat`` policy.
-
-    Returns:
-        ``(state', holders', result)``.
-
-    Raises:
-        ModelError: the table has no transition the operation needs (a model bug).
-    """
-    run = _Run(state, holders, outcome)
-    error: type[BaseException] | None = None
-    returned: bool | None = None
-    warning: type[Warning] | None = None
-    loaded = state is State.LOADED
-    if op == "load":
-        if not loaded:
-            error, _ = run.ensure()
-        elif on_repeat == "raise":
-            error = AlreadyLoadedError
-        elif on_repeat == "warn":
-            warning = RepeatedLoadWarning
-    elif op == "ensure_loaded":
-        error, ran = run.ensure()
-        returned = ran if error is None else None
-    elif op in ("unload", "unload_force"):
-        force = op == "unload_force"
-        if state is not State.UNLOADED and holders.holds and not force:
-            error = StepInUseError  # also from 'failed': a forced reload that failed keeps holds
-        elif state is not State.UNLOADED:
-            if force:
-                run.evict()
-            how = run.call("unload")
-            if loaded:
-                error = _raised(how, UnloadError)
-            elif how == "error":  # a failed clean-up keeps the first error and warns
-                warning = CleanupWarning
-            elif how == "interrupt":
-                error = KeyboardInterrupt
-    elif op in ("reload", "reload_force"):
-        if state is not State.UNLOADED and holders.holds and op == "reload":
-            error = StepInUseError
-        else:
-            acquired = holders.by_acquire  # holders keep their hold across a forced reload
-            if loaded:
-                error = _raised(run.call("unload"), UnloadError)
-            if error is None:
-                error, _ = run.ensure()
-            if error is None:  # ... and the last release still unloads what they loaded
-                run.holders = run.holders._replace(by_acquire=acquired and holders.holds > 0)
-    elif op == "acquire":
-        error, ran = run.ensure()
-        if error is None:
-            held = run.holders
-            run.holders = held._replace(holds=held.holds + 1, by_acquire=held.by_acquire or ran)
-    elif op == "release":
-        held = run.holders
-        if held.holds:
-            run.holders = held = held._replace(holds=held.holds - 1)
-            if not held.holds and held.by_acquire and loaded:
-                error = _raised(run.call("unload"), UnloadError)
-        elif held.owed:
-            run.holders = held._replace(owed=held.owed - 1)
-        else:
-            error = StepStateError
-    elif op == "use":
-        if state is State.UNLOADED:
-            error = NotLoadedError
-        elif state is State.FAILED:
-            error = StepFailedError
-    elif op != "copy":
-        raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(OPS)}")
-    return run.state, run.holders, Result(error, returned, tuple(run.ran), warning)
-
-
-def candidates(
-    config: Config, op: Op, *, on_repeat: OnRepeat = "raise", outcome: Outcome | None = None
-) -> list[tuple[Outcome, Config, Result]]:
-    """Every distinct ``(outcome, config', result)`` of ``op`` from ``config``.
-
-    With ``outcome`` given, only that one; otherwise one entry per distinct
-    behaviour (outcomes whose code never runs collapse into one).
-    """
-    seen: set[tuple[Config, Result]] = set()
-    found: list[tuple[Outcome, Config, Result]] = []
-    for each in OUTCOMES if outcome is None else (outcome,):
-        state, holders, result = model_step(
-            config.state, config.holders, op, each, on_repeat=on_repeat
-        )
-        after = Config(state, holders)
-        if (after, result) not in seen:
-            seen.add((after, result))
-            found.append((each, after, result))
-    return found
-
-
-# ------------------------------------------------------ observing real calls
-
-
-class Observed(NamedTuple):
-    """What one real call did.
-
-    Attributes:
-        error: the exception it raised, or ``None``.
-        returned: what it returned (compared only for ``ensure_loaded``).
-        warnings: the classes of the warnings it emitted.
-        ran: the step's own code that ran, with how each call ended
-            (``None`` when unknown).
-    """
-
-    error: BaseException | None
-    returned: object
-    warnings: tuple[type[Warning], ...] = ()
-    ran: Ran | None = None
-
-
-def _use(obj: object) -> object:
-    lifecycle(obj).require_loaded("use")
-    return None
-
-
-def perform(
-    obj: object,
-    op: Op,
-    *,
-    use: Callable[[object], object] = _use,
-    record_warnings: bool = True,
-) -> Observed:
-    """Run ``op`` on a real stateful object and return what happened (never raises).
-
-    ``load``/``unload`` go through the object's own wrapped methods, the
-    others through its :class:`~stepfsm.Lifecycle`; ``use`` calls ``use(obj)``.
-    Any exception the call raises, ``KeyboardInterrupt`` included, is returned.
-    """
-    lc = lifecycle(obj)
-    names = getattr(type(obj), "__stepfsm__", None)
-    error: BaseException | None = None
-    returned: object = None
-    with warnings.catch_warnings(record=True) as caught:
-        if record_warnings:
-            warnings.simplefilter("always")
-        try:
-            if op == "load":
-                getattr(obj, names.load if names else "load")()
-            elif op == "unload":
-                getattr(obj, names.unload if names else "unload")()
-            elif op == "unload_force":
-                lc.unload(force=True)
-            elif op == "ensure_loaded":
-                returned = lc.ensure_loaded()
-            elif op == "reload":
-                lc.reload()
-            elif op == "reload_force":
-                lc.reload(force=True)
-            elif op == "acquire":
-                lc.acquire()
-            elif op == "release":
-                lc.release()
-            elif op == "use":
-                returned = use(obj)
-            elif op != "copy":
-                raise ValueError(f"unknown operation {op!r}")
-        except BaseException as raised:  # returned to the caller, which judges it
-            error = raised
-    return Observed(error, returned, tuple(w.category for w in caught))
-
-
-def _ran_from(records: Sequence[TransitionRecord]) -> Ran:
-    """The user calls a run of transition records shows (``begin_*`` then its end)."""
-    ran: list[tuple[Kind, Behaviour]] = []
-    kind: Kind | None = None
-    for record in records:
-        if record.trigger in ("begin_load", "begin_unload"):
-            kind = "load" if record.trigger == "begin_load" else "unload"
-        elif kind is not None:
-            how: Behaviour = "ok"
-            if record.trigger == "fail":
-                how = "error" if isinstance(record.error, Exception) else "interrupt"
-            ran.append((kind, how))
-            kind = None
-    return tuple(ran)
-
-
-def _new_records(lc_history: Sequence[TransitionRecord], mark: object) -> list[TransitionRecord]:
-    records = list(lc_history)
-    for index in range(len(records) - 1, -1, -1):
-        if records[index] is mark:
-            return records[index + 1 :]
-    return records
-
-
-def _name(error: type[BaseException] | None) -> str:
-    return "nothing" if error is None else error.__name__
-
-
-def mismatches(result: Result, op: Op, observed: Observed) -> list[str]:
-    """How a real call (``observed``) differs from the model's ``result``; empty when it matches.
-
-    Compares the error class, ``ensure_loaded()``'s return value, the
-    warnings (``DuplicateLoadWarning`` aside) and, when known, the step's own
-    code that ran.
-    """
-    problems: list[str] = []
-    got = type(observed.error) if observed.error is not None else None
-    if got is not result.error:
-        detail = f" ({observed.error})" if observed.error is not None else ""
-        problems.append(f"it raised {_name(got)}{detail}, expected {_name(result.error)}")
-    if op == "ensure_loaded" and result.error is None and observed.returned != result.returned:
-        problems.append(f"it returned {observed.returned!r}, expected {result.returned!r}")
-    warned = {w for w in observed.warnings if not issubclass(w, DuplicateLoadWarning)}
-    expected = {result.warning} if result.warning is not None else set()
-    if warned != expected:
-        shown = ", ".join(sorted(w.__name__ for w in warned)) or "none"
-        problems.append(f"it warned {shown}, expected {_name(result.warning)}")
-    if observed.ran is not None and observed.ran != result.ran:
-        problems.append(
-            f"the step's own code ran {_calls(observed.ran)}, expected {_calls(result.ran)}"
-        )
-    return problems
-
-
-def _calls(ran: Ran) -> str:
-    if not ran:
-        return "not at all"
-    return "[" + ", ".join(kind + ("" if how == "ok" else f" ({how})") for kind, how in ran) + "]"
-
-
-# -------------------------------------------------------------- linearizing
-
-
-@dataclass(frozen=True)
-class Call:
-    """One completed call in a concurrent history.
-
-    ``invoked`` and ``responded`` come from one shared counter, so a call
-    that responded before another was invoked must come first in any order.
-    """
-
-    op: Op
-    invoked: int
-    responded: int
-    observed: Observed
-    outcome: Outcome | None = None
-    label: str = ""
-
-    def successors(self, config: Config, on_repeat: OnRepeat) -> list[Config]:
-        """The configurations this call can leave ``config`` in, given what it observed."""
-        observed = self.observed._replace(warnings=())
-        return [
-            after
-            for _, after, result in candidates(
-                config, self.op, on_repeat=on_repeat, outcome=self.outcome
-            )
-            if not mismatches(result._replace(warning=None), self.op, observed)
-        ]
-
-
-def linearize(
-    start: Config,
-    calls: Sequence[Call],
-    *,
-    on_repeat: OnRepeat = "raise",
-    accept: Callable[[Config], bool] | None = None,
-) -> list[tuple[Call, Config]] | None:
-    """Find a sequential order of ``calls`` that the model agrees with.
-
-    The order must respect real time (a call that responded before another
-    was invoked comes first), give every call the result it observed, and
-    end in a configuration ``accept`` agrees with. Warnings are not compared
-    (threads share the warning machinery).
-
-    Returns:
-        The calls in that order, each with the configuration after it, or
-        ``None`` when no such order exists (the history is not linearizable).
-    """
-    count = len(calls)
-    full = (1 << count) - 1
-    dead: set[tuple[int, Config]] = set()
-    path: list[tuple[Call, Config]] = []
-
-    def search(done: int, config: Config) -> bool:
-        if done == full:
-            return accept is None or accept(config)
-        if (done, config) in dead:
-            return False
-        pending = [i for i in range(count) if not done >> i & 1]
-        first_response = min(calls[i].responded for i in pending)
-        for i in pending:
-            call = calls[i]
-            if call.invoked > first_response:
-                continue  # a pending call had already returned before this one began
-            for after in call.successors(config, on_repeat):
-                path.append((call, after))
-                if search(done | 1 << i, after):
-                    return True
-                path.pop()
-        dead.add((done, config))
-        return False
-
-    return path if search(0, start) else None
-
-
-# ------------------------------------------------------------- the machine
+from ..machine import TransitionRecord, lifecycle
+from ..states import State
+from ..wrap import is_stateful
+from ._ops import OPS, OnRepeat, Op, Outcome, Ran
+from .linearizer import Call, linearize
+from .model import Config, Result, candidates
+from .observer import Observed, default_use, mismatches, perform, ran_from, records_after
+
+__all__ = ["STEP", "LifecycleMachine", "Tracked", "check_lifecycle"]
 
 #: Rule argument that picks one of the machine's live objects (taken modulo their number).
 STEP: Final = st.integers(min_value=0, max_value=7)
@@ -649,7 +143,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def use(self, obj: Any) -> object:
         """A use of the loaded step (default: ``lifecycle(obj).require_loaded()``)."""
-        return _use(obj)
+        return default_use(obj)
 
     def observed_calls(self, tracked: Tracked, thread: int) -> Ran | None:
         """The step's own code that ran on ``thread`` in the last call (``None``: use history)."""
@@ -764,7 +258,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             raise observed.error  # a real Ctrl-C, not a planned one: stop the test run
         ran = self.observed_calls(tracked, threading.get_ident())
         if ran is None:
-            ran = _ran_from(_new_records(lc.history, mark))
+            ran = ran_from(records_after(lc.history, mark))
         observed = observed._replace(ran=ran)
         tracked.data["was_failed"] = before.state is State.FAILED
         call = _format_call(tracked.name, op)
@@ -788,7 +282,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             problems.append("; ".join(mismatch))
         _, _, nearest = options[0]
         self._fail(
-            f"{call} broke the lifecycle contract (DESIGN.md section 2) from state "
+            f"{call} broke the lifecycle contract (docs/design.md §2) from state "
             f"'{before.state.value}' with {before.holders.holds} holders: {problems[0]}."
             + ("" if nearest.error is None else f" Expected {nearest.error.__name__}.")
         )
@@ -812,7 +306,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     f"{call} raised {type(error).__name__} with .state '{error.state}', "
                     f"but the step was '{before.state.value}'."
                 )
-            if _new_records(lc.history, mark):
+            if records_after(lc.history, mark):
                 self._fail(f"{call} was refused ({type(error).__name__}) but changed the state.")
         if isinstance(error, TransitionError):
             cause = error.__cause__
@@ -908,7 +402,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self._fail(
                 f"{text.format(source.name)} raised {type(error).__name__}: {error} while "
                 f"{source.name} was '{before.state.value}' (a fresh object copies fine): "
-                "copies and pickles must work in every state (DESIGN.md section 5)."
+                "copies and pickles must work in every state (docs/design.md §5)."
             )
         copied = Tracked(obj, new_name, origin=f"{text.format(source.name)}")
         self._watch(copied)
@@ -918,7 +412,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if lc.state is not State.UNLOADED or lc.holders:
             self._fail(
                 f"the copy {new_name} is '{lc.state.value}' with holders {lc.holders}: copies "
-                "and pickles start 'unloaded' with no holders (DESIGN.md section 5)."
+                "and pickles start 'unloaded' with no holders (docs/design.md §5)."
             )
 
     def _can_pickle(self, obj: Any) -> bool:
@@ -966,13 +460,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             warnings.simplefilter("ignore", CleanupWarning)
             _run_threads(len(ops), body, self.thread_timeout)
         self._check_held_at_load(f"threads [{texts}]")
-        records = _new_records(lc.history, mark)
+        records = records_after(lc.history, mark)
         done: list[Call] = []
         for index, call in enumerate(calls):
             assert call is not None
             ran = self.observed_calls(tracked, idents[index])
             if ran is None:
-                ran = _ran_from([r for r in records if r.thread == idents[index]])
+                ran = ran_from([r for r in records if r.thread == idents[index]])
             done.append(
                 Call(
                     call.op,
@@ -1001,7 +495,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self._fail(
                 f"the threads' results [{results}] (ending '{lc.state.value}' with {holders} "
                 "holders) match no sequential order of those calls: the lifecycle is not "
-                "linearizable (DESIGN.md section 2, 'wait')."
+                "linearizable (docs/design.md §2, 'wait')."
             )
         tracked.config = order[-1][1]
 
@@ -1041,8 +535,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             if last is tracked and op == "copy":
                 why = (
                     f"the copy ({tracked.origin}) carries the original's live resource; "
-                    "copies and pickles must start unloaded and hold nothing (DESIGN.md "
-                    "section 5)"
+                    "copies and pickles must start unloaded and hold nothing "
+                    "(docs/design.md §5)"
                 )
             elif last is tracked and op == "make":
                 why = "a fresh object already holds it; factory() must return an unloaded object"
