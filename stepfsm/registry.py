@@ -134,18 +134,21 @@ def register(obj: object, lc: Lifecycle) -> Lifecycle:
 
 def live() -> list[Lifecycle]:
     """Every lifecycle whose step is alive, oldest first."""
-    return [lc for lc in list(_LIVE.values()) if lc.owner_ref() is not None]
+    # dict.copy() allocates nothing per entry: no collection (and no weakref callback
+    # removing an entry) can run in the middle of it, as one can in list(d.items())
+    return [lc for lc in _LIVE.copy().values() if lc.owner_ref() is not None]
 
 
 def forget_where(predicate: Callable[[object], bool]) -> None:
     """Forget the lifecycles of the live steps for which ``predicate(step)`` is true."""
-    for key, lc in list(_LIVE.items()):
+    for key, lc in _LIVE.copy().items():  # a copy: see live()
         owner = lc.owner_ref()
         if owner is not None and predicate(owner):
             mark_unloaded(lc, owner)
             _ORDER.pop(key, None)
             _snapshot.drop(key)
-            _LIVE.pop(key, None)
+            if _LIVE.get(key) is lc:
+                del _LIVE[key]
 
 
 # --------------------------------------------------------------- what is loaded
@@ -423,7 +426,7 @@ def at_fork(fn: Callable[[], None]) -> None:
 
 
 def _after_fork_in_child() -> None:
-    for lc in list(_LIVE.values()):
+    for lc in _LIVE.copy().values():
         owner = lc.owner_ref()
         attrs = getattr(owner, "__dict__", None) if owner is not None else None
         if isinstance(attrs, dict):

@@ -1,7 +1,7 @@
 """Shared test doubles and settings.
 
-``FakeStep`` is a stateful step whose resource is a ``Handle`` registered in
-``HELD`` while it is open, so a test can ask "is a resource held?" without
+``FakeStep`` is a stateful step whose resource is a fake ``Resource`` counted
+in ``HANDLES`` while it is open, so a test can ask "is a resource held?" without
 trusting stepfsm's own state. Its load/unload can be told to fail, to be
 interrupted, to take time, or to wait on an event.
 
@@ -27,6 +27,7 @@ import pytest
 
 import stepfsm
 from stepfsm import _settings, registry
+from tests.fakes import Resource, Resources
 from tests.support import stacks
 
 try:
@@ -45,38 +46,18 @@ else:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-#: id(handle) -> handle, for every open resource of every FakeStep.
-HELD: dict[int, Handle] = {}
-HELD_LOCK = threading.Lock()
-
-
-class Handle:
-    """A stand-in for a GPU allocation or a client: open until closed."""
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-        self.closed = False
-        with HELD_LOCK:
-            HELD[id(self)] = self
-
-    def close(self) -> None:
-        self.closed = True
-        with HELD_LOCK:
-            HELD.pop(id(self), None)
-
-
-class Boom(Exception):
-    """The error a FakeStep raises when told to fail."""
+#: Every open resource of every FakeStep (a test counts only those it opens).
+HANDLES = Resources()
 
 
 @stepfsm.stateful(guard=("use",))
 class FakeStep:
-    """A step that opens a Handle in load() and closes it in unload()."""
+    """A step that opens a fake Resource in load() and closes it in unload()."""
 
     def __init__(self, name: str = "fake", delay: float = 0.0) -> None:
         self.name = name
         self.delay = delay
-        self.handle: Handle | None = None
+        self.handle: Resource | None = None
         self.loads = 0
         self.unloads = 0
         self.fail_load: BaseException | None = None
@@ -91,7 +72,7 @@ class FakeStep:
             time.sleep(self.delay)
         if self.fail_load is not None:
             raise self.fail_load
-        self.handle = Handle(self.name)
+        self.handle = HANDLES.open(self.name)
 
     def unload(self) -> None:
         self.unloads += 1
@@ -136,8 +117,7 @@ def _clean_stepfsm() -> Iterator[None]:
     """Each test starts with default settings and leaves no step loaded."""
     previous = _settings.snapshot()
     listeners = _settings.listeners()
-    with HELD_LOCK:
-        HELD.clear()  # count only the handles this test opens
+    HANDLES.drop()  # count only the handles this test opens
     yield
     previous.restore()
     _settings.restore_listeners(listeners)
@@ -162,8 +142,7 @@ def step() -> FakeStep:
 
 
 def held_count() -> int:
-    with HELD_LOCK:
-        return len(HELD)
+    return len(HANDLES.held())
 
 
 def run_threads(n: int, target: Any, timeout: float = 30.0) -> list[BaseException]:

@@ -1,7 +1,7 @@
 """A fake resource that counts what it holds, and a step whose own code can be told how to end.
 
-``CountingStep.load()`` opens a :class:`Resource` (registered in ``OPEN`` while
-open) and ``unload()`` closes it, so a test can count held resources without
+``CountingStep.load()`` opens a fake :class:`~tests.fakes.Resource` (counted in
+``OPEN`` while open) and ``unload()`` closes it, so a test can count held resources without
 trusting stepfsm's own state. How each call of its load/unload ends (``ok``,
 ``error`` = raises :class:`Boom` before touching the resource, ``interrupt`` =
 raises ``KeyboardInterrupt`` likewise) comes from, in order: the active
@@ -19,34 +19,16 @@ from collections.abc import Iterator
 
 import stepfsm
 from stepfsm.testing import Behaviour, Outcome, Ran
+from tests.fakes import Boom, Resource, Resources
 
-#: id(resource) -> resource, for every open Resource.
-OPEN: dict[int, Resource] = {}
+#: Every open resource of a CountingStep (its owner is the step's id).
+OPEN = Resources()
 #: (id(step), thread ident, "load"/"unload", behaviour) for every call of the step's own code.
 RECORD: list[tuple[int, int, str, Behaviour]] = []
 _LOCK = threading.Lock()
 _PLAN: dict[int, Outcome] = {}
 _LOCAL = threading.local()
 GATE: Gate | None = None
-
-
-class Boom(Exception):
-    """What a CountingStep raises when told to fail."""
-
-
-class Resource:
-    """A stand-in for GPU memory or a client: open until closed."""
-
-    def __init__(self, owner: object) -> None:
-        self.owner = id(owner)
-        self.closed = False
-        with _LOCK:
-            OPEN[id(self)] = self
-
-    def close(self) -> None:
-        self.closed = True
-        with _LOCK:
-            OPEN.pop(id(self), None)
 
 
 def _behaviour(step: object, kind: str) -> Behaviour:
@@ -78,7 +60,7 @@ class CountingStep:
 
     def load(self) -> None:
         _end(self, "load", _behaviour(self, "load"))
-        self.resource = Resource(self)
+        self.resource = OPEN.open(id(self))
 
     def unload(self) -> None:
         _end(self, "unload", _behaviour(self, "unload"))
@@ -107,8 +89,7 @@ def held(step: CountingStep) -> bool:
 
 def open_count(step: object) -> int:
     """How many open resources ``step``'s own loads created."""
-    with _LOCK:
-        return sum(1 for r in OPEN.values() if r.owner == id(step))
+    return len(OPEN.held(id(step)))
 
 
 def calls_of(step: object, thread: int | None = None) -> Ran:
@@ -122,9 +103,7 @@ def calls_of(step: object, thread: int | None = None) -> Ran:
 
 def drop_resources(step: object) -> None:
     """Forget the open resources ``step`` created, without closing them (a dropped fake)."""
-    with _LOCK:
-        for key in [k for k, r in OPEN.items() if r.owner == id(step)]:
-            del OPEN[key]
+    OPEN.drop(id(step))
 
 
 def forget_calls(step: object) -> None:
@@ -154,8 +133,8 @@ def thread_plan(outcome: Outcome | None) -> Iterator[None]:
 
 def reset() -> None:
     """Forget plans, records and open resources (between examples)."""
+    OPEN.drop()
     with _LOCK:
-        OPEN.clear()
         RECORD.clear()
     _PLAN.clear()
 

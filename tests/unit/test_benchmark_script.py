@@ -16,6 +16,8 @@ SCRIPT = ROOT / "benchmarks" / "bench_lifecycle.py"
 ROWS = (
     "stepfsm ",
     "stepfsm, 7 others loaded",
+    "stepfsm pydantic, 3 loaded",
+    "stepfsm pydantic, 9 loaded",
     "transitions.Machine",
     "transitions shared Machine",
     "transitions LockedMachine",
@@ -32,8 +34,9 @@ TARGETS = (
     "guarded call vs plain call",
     "bytes per loaded instance",
     "import stepfsm vs transitions",
+    "load #9 vs #3 (pydantic)",
 )
-ARGS = ("--quick", "--others", "7", "--instances", "50")
+ARGS = ("--quick", "--others", "7", "--instances", "50", "--scale", "3", "9")
 
 # Runs the script as __main__ with the optional peers made unimportable.
 WITHOUT_PEERS = """

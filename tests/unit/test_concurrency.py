@@ -1,6 +1,6 @@
 """Threads: one load for many callers, waiting and timeouts, re-entry, composition, a storm.
 
-DESIGN.md §2 (operations in every state, "wait", same-thread re-entry) and §4
+docs/design.md §2 (operations in every state, "wait", same-thread re-entry) and §4
 (nested loads are acquires). Every test that starts threads has a hard
 ``pytest.mark.timeout`` and joins its threads with a timeout, so a deadlock
 fails the test instead of hanging CI.
@@ -27,7 +27,8 @@ from stepfsm import (
     StepStateError,
     TransitionInProgressError,
 )
-from tests.conftest import Boom, FakeStep, held_count, run_threads
+from tests.conftest import FakeStep, held_count, run_threads
+from tests.fakes import Boom
 from tests.support import under_claim
 
 TRANSIENT = (State.LOADING, State.UNLOADING)

@@ -1,6 +1,6 @@
 """Copies and processes: pickle, copy, deepcopy, pydantic model_copy and os.fork.
 
-DESIGN.md §5: a loaded state belongs to the process that loaded it. Every
+docs/design.md §5: a loaded state belongs to the process that loaded it. Every
 copy (pickle, ``copy.copy``, ``copy.deepcopy``, ``model_copy``) and every
 object seen in a forked child starts ``unloaded`` with a fresh lock and no
 holders. Copies carry configuration, not resources: what the step's own load
@@ -37,7 +37,8 @@ from stepfsm import (
     errors,
     registry,
 )
-from tests.conftest import Boom, FakeStep
+from tests.conftest import FakeStep
+from tests.fakes import Boom
 from tests.support import holding, under_claim
 
 pydantic = pytest.importorskip("pydantic")

@@ -27,27 +27,12 @@ import stepfsm
 from stepfsm import diagrams
 from stepfsm.registry import Status, StepStatus
 from stepfsm.states import INITIAL, TRANSITIONS, State
+from tests.fakes import Step
 from tests.support import require, require_dot
 
 REPO = Path(__file__).resolve().parents[2]
 DIAGRAMS = REPO / "diagrams"
 REGENERATE = "python -m stepfsm diagram --output-dir diagrams"
-
-
-@stepfsm.stateful
-class Step:
-    """A minimal stateful step; ``fail`` makes its load raise."""
-
-    def __init__(self, name: str = "gen_0", fail: bool = False) -> None:
-        self.name = name
-        self.fail = fail
-
-    def load(self) -> None:
-        if self.fail:
-            raise RuntimeError("CUDA out of memory")
-
-    def unload(self) -> None:
-        pass
 
 
 class NotAStep:

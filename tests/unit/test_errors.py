@@ -41,7 +41,7 @@ def test_every_error_lives_in_stepfsm_errors() -> None:
 
 
 def test_hierarchy_matches_the_design() -> None:
-    """The classes nest as DESIGN.md §3 draws them."""
+    """The classes nest as docs/design.md §3 draws them."""
     assert issubclass(stepfsm.StepStateError, stepfsm.StepFSMError)
     for cls in (
         stepfsm.AlreadyLoadedError,

@@ -27,7 +27,8 @@ from stepfsm import (
     TransitionInProgressError,
     TransitionRecord,
 )
-from tests.conftest import Boom, FakeStep, run_threads
+from tests.conftest import FakeStep, run_threads
+from tests.fakes import Boom
 
 fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

@@ -9,7 +9,8 @@ import pytest
 
 import stepfsm
 from stepfsm import State, StepInUseError, StepStateError
-from tests.conftest import Boom, FakeStep, held_count
+from tests.conftest import FakeStep, held_count
+from tests.fakes import Boom
 
 
 def test_first_acquire_loads_and_last_release_unloads(step: FakeStep) -> None:

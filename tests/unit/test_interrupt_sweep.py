@@ -37,7 +37,8 @@ import transitions
 
 import stepfsm
 from stepfsm import NotLoadedError, State, StepFailedError, registry
-from tests.conftest import Boom, Handle
+from tests.conftest import HANDLES
+from tests.fakes import Boom, Resource
 from tests.support import in_thread
 
 STEPFSM_DIR = os.path.dirname(os.path.abspath(stepfsm.__file__))
@@ -58,7 +59,7 @@ class SweepStep:
     def __init__(self, name: str, child: SweepStep | None = None) -> None:
         self.name = name
         self.child = child
-        self.handle: Handle | None = None
+        self.handle: Resource | None = None
         self.load_returned = False
         self.unload_returned = False
         self.fail_load = False
@@ -69,7 +70,7 @@ class SweepStep:
             self.child.load()  # an acquire of the child
         if self.fail_load:
             raise Boom("load failed")
-        self.handle = Handle(self.name)
+        self.handle = HANDLES.open(self.name)
         self.load_returned = True
         return "loaded"
 

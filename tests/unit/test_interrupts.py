@@ -1,6 +1,6 @@
 """Interruptions: KeyboardInterrupt, SystemExit and CancelledError inside load and unload.
 
-DESIGN.md §2 (Failure): a ``BaseException`` that is not an ``Exception``
+docs/design.md §2 (Failure): a ``BaseException`` that is not an ``Exception``
 leaves the step ``failed`` (never stuck in ``loading``/``unloading``), is
 re-raised unchanged (the same object, not wrapped in ``LoadError``), is kept
 as ``lifecycle.error``, wakes waiting threads and leaves no lock held, so
@@ -20,7 +20,8 @@ import pytest
 
 import stepfsm
 from stepfsm import Lifecycle, State, StepFailedError, TransitionRecord
-from tests.conftest import Boom, FakeStep, held_count
+from tests.conftest import FakeStep, held_count
+from tests.fakes import Boom
 from tests.support import in_thread
 
 

@@ -17,7 +17,8 @@ from stepfsm import (
     StepFailedError,
     UnloadedUseWarning,
 )
-from tests.conftest import Boom, FakeStep
+from tests.conftest import FakeStep
+from tests.fakes import Boom
 
 
 @stepfsm.stateful(on_repeat="warn", on_unloaded_use="ignore", guard=("use",), timeout=3)

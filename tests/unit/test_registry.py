@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 import stepfsm
 from stepfsm import DuplicateLoadWarning, State, registry
 from stepfsm.machine import call_load
-from tests.conftest import Boom, FakeStep
+from tests.conftest import FakeStep
+from tests.fakes import Boom, Step
 
 
 @stepfsm.stateful
@@ -266,3 +268,38 @@ def test_engine_records_about_stepfsm_are_filtered(
     engine = [r.getMessage() for r in caplog.records if r.name == "transitions.core"]
     assert not any(m.startswith("stepfsm: ") for m in engine)
     assert any(m.startswith("mine: ") for m in engine)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        pytest.param(lambda: registry.forget_where(lambda step: False), id="forget_where"),
+        pytest.param(registry.live, id="live"),
+        pytest.param(stepfsm.status, id="status"),
+        pytest.param(stepfsm.unload_all, id="unload_all"),
+    ],
+)
+def test_registry_reads_survive_steps_dying_mid_iteration(read: Callable[[], object]) -> None:
+    """A garbage collection inside a read of the tables may run the weakref callbacks of
+
+    dying steps, which remove their entries: the read must not see the table change size
+    (found in CI: ``RuntimeError: dictionary changed size during iteration``).
+    """
+    # more entries than CPython's free list of 2-tuples, so iterating allocates
+    keep = [Step(f"s{i}") for i in range(5000)]
+    for step in keep:
+        stepfsm.lifecycle(step)
+
+    def drop_one(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and keep:
+            keep.pop()  # its last reference: the weakref callback runs now
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(drop_one)
+    gc.set_threshold(1)  # a collection at every allocation of a tracked object
+    try:
+        read()
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(drop_one)
+    assert len(keep) < 5000, "no collection ran during the read: the test proves nothing"

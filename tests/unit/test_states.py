@@ -12,7 +12,7 @@ from tests.conftest import FakeStep
 
 
 def test_table_is_the_design_table() -> None:
-    """The table has exactly the five rows of DESIGN.md §1."""
+    """The table has exactly the five rows of docs/design.md §1."""
     rows = {(t.trigger, tuple(s.value for s in t.sources), t.dest.value) for t in TRANSITIONS}
     assert rows == {
         ("begin_load", ("unloaded",), "loading"),

@@ -1,4 +1,4 @@
-"""Every cell of DESIGN.md §2: each operation in each state, with its message."""
+"""Every cell of docs/design.md §2: each operation in each state, with its message."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from stepfsm import (
     StepFailedError,
     UnloadError,
 )
-from tests.conftest import Boom, FakeStep, held_count
+from tests.conftest import FakeStep, held_count
+from tests.fakes import Boom
 
 
 def fail(step: FakeStep, error: BaseException | None = None) -> None:

@@ -80,7 +80,7 @@ def restore_process() -> Iterator[None]:
         integration.LAYER.on_repeat, integration.LAYER.on_unloaded_use = policies
     else:
         integration.uninstall()
-    offline.OPEN.clear()
+    offline.WEIGHTS.drop()
     offline.COUNTS.clear()
 
 

@@ -4,10 +4,10 @@ Everything used in a pipeline is defined at module level: distilabel pickles
 each step (with its LLM) into its worker processes, and a class defined
 inside a function cannot be pickled.
 
-A loaded :class:`EchoLLM` holds a :class:`Weights` object, registered in
-:data:`OPEN` while it is open, so a test can ask "how many resources does
+A loaded :class:`EchoLLM` holds fake weights (a 1 MiB ``tests.fakes.Resource``)
+counted in :data:`WEIGHTS` while open, so a test can ask "how many resources does
 this process hold?" without trusting stepfsm's own bookkeeping. Forked
-workers inherit :data:`OPEN`; :func:`held` only counts the current process's.
+workers inherit :data:`WEIGHTS`; :func:`held` only counts the current process's.
 
 No ``from __future__ import annotations`` here: distilabel reads the
 ``StepInput`` annotation of ``process`` at run time.
@@ -26,6 +26,8 @@ from distilabel.steps import LoadDataFromDicts, Step, StepInput
 from distilabel.steps.tasks import TextGeneration
 from pydantic import PrivateAttr
 
+from tests.fakes import Resource, Resources
+
 #: Set this environment variable to a file path to log every generate() call
 #: (one line each, from whichever process made it).
 CALL_LOG = "STEPFSM_OFFLINE_CALL_LOG"
@@ -33,32 +35,25 @@ CALL_LOG = "STEPFSM_OFFLINE_CALL_LOG"
 COUNTS: collections.Counter[str] = collections.Counter()
 
 
-class Weights:
-    """A stand-in for model weights on a device: a real buffer, open until closed."""
-
-    def __init__(self, owner: str, size: int = 1024 * 1024) -> None:
-        self.owner = owner
-        self.pid = os.getpid()
-        self.buffer: bytearray | None = bytearray(size)
-        OPEN[id(self)] = self
-
-    def close(self) -> None:
-        self.buffer = None
-        OPEN.pop(id(self), None)
-
-    def __repr__(self) -> str:
-        return f"<Weights of {self.owner} in pid {self.pid}>"
+#: Every open fake weights object (and, after a fork, the parent's: see :func:`held`).
+WEIGHTS = Resources()
+#: What a loaded model's weights take.
+WEIGHTS_SIZE = 1024 * 1024
 
 
-#: id(weights) -> weights, for every open Weights of this process (and, after a
-#: fork, the parent's: see :func:`held`).
-OPEN: dict[int, Weights] = {}
+def held() -> list[Resource]:
+    """The weights open in this process (not those inherited from a parent)."""
+    return WEIGHTS.held()
 
 
-def held() -> list[Weights]:
-    """The Weights open in this process (not those inherited from a parent)."""
-    pid = os.getpid()
-    return [w for w in list(OPEN.values()) if w.pid == pid]
+def _take_weights(model: Any, owner: str) -> None:
+    model._weights = WEIGHTS.open(owner, WEIGHTS_SIZE)
+
+
+def _drop_weights(model: Any) -> None:
+    if model._weights is not None:
+        model._weights.close()
+    model._weights = None
 
 
 def _log_call(what: str) -> None:
@@ -85,17 +80,15 @@ class EchoLLM(LLM):
     """An offline LLM that echoes the last message; loading opens its Weights."""
 
     prefix: str = "echo: "
-    _weights: Weights | None = PrivateAttr(None)
+    _weights: Resource | None = PrivateAttr(None)
 
     def load(self) -> None:
         super().load()
-        self._weights = Weights(f"EchoLLM({self.prefix!r})")
+        _take_weights(self, f"EchoLLM({self.prefix!r})")
         COUNTS["EchoLLM.load"] += 1
 
     def unload(self) -> None:
-        if self._weights is not None:
-            self._weights.close()
-        self._weights = None
+        _drop_weights(self)
         super().unload()
 
     @property
@@ -151,7 +144,7 @@ class BrokenCleanupLLM(EchoLLM):
     """An LLM whose load fails after opening its weights, and whose clean-up fails too.
 
     stepfsm keeps the first error, stores the clean-up's as ``cleanup_error``
-    and emits a ``CleanupWarning`` (DESIGN.md §2).
+    and emits a ``CleanupWarning`` (``docs/design.md`` §2).
     """
 
     def load(self) -> None:
@@ -189,16 +182,14 @@ class EchoAsyncLLM(AsyncLLM):
     """An offline async LLM (distilabel's ``AsyncLLM``): ``agenerate`` is guarded."""
 
     prefix: str = "async: "
-    _weights: Weights | None = PrivateAttr(None)
+    _weights: Resource | None = PrivateAttr(None)
 
     def load(self) -> None:
         super().load()
-        self._weights = Weights("EchoAsyncLLM")
+        _take_weights(self, "EchoAsyncLLM")
 
     def unload(self) -> None:
-        if self._weights is not None:
-            self._weights.close()
-        self._weights = None
+        _drop_weights(self)
         super().unload()
 
     @property
@@ -218,16 +209,14 @@ class EchoAsyncLLM(AsyncLLM):
 class CountEmbeddings(Embeddings):
     """Offline embeddings: a text's vector is its length and its number of words."""
 
-    _weights: Weights | None = PrivateAttr(None)
+    _weights: Resource | None = PrivateAttr(None)
 
     def load(self) -> None:
         super().load()
-        self._weights = Weights("CountEmbeddings")
+        _take_weights(self, "CountEmbeddings")
 
     def unload(self) -> None:
-        if self._weights is not None:
-            self._weights.close()
-        self._weights = None
+        _drop_weights(self)
 
     @property
     def model_name(self) -> str:
@@ -246,16 +235,14 @@ class CountEmbeddings(Embeddings):
 class BlankImages(ImageGenerationModel):
     """An offline image model: every image is an empty string (guarded like an LLM)."""
 
-    _weights: Weights | None = PrivateAttr(None)
+    _weights: Resource | None = PrivateAttr(None)
 
     def load(self) -> None:
         super().load()
-        self._weights = Weights("BlankImages")
+        _take_weights(self, "BlankImages")
 
     def unload(self) -> None:
-        if self._weights is not None:
-            self._weights.close()
-        self._weights = None
+        _drop_weights(self)
 
     @property
     def model_name(self) -> str:

@@ -1,4 +1,4 @@
-"""distilabel's own unit tests, run with and without stepfsm (DESIGN.md §4, the migration mode).
+"""distilabel's own unit tests, run with and without stepfsm (docs/design.md §4: migration mode).
 
 Runs ``run_distilabel_suite.py`` (about a minute on this machine, plus a one-time
 download of distilabel's sdist into ``.cache/distilabel-compat/``) and checks
