@@ -45,6 +45,7 @@ __all__ = [
     "listeners",
     "patch",
     "resolve",
+    "Subscription",
     "subscribe",
     "unpatch",
 ]
@@ -332,7 +333,7 @@ def subscribe(fn: Listener) -> Callable[[], None]:
     """
     global _listeners
     check_listener(fn)
-    token = _Subscription(fn)
+    token = Subscription(fn)
     with LISTENER_LOCK:
         _listeners = (*_listeners, token)
 
@@ -351,7 +352,7 @@ def restore_listeners(saved: tuple[Listener, ...]) -> None:
         _listeners = saved
 
 
-class _Subscription:
+class Subscription:
     """One subscription: the same function subscribed twice is two subscriptions."""
 
     __slots__ = ("fn",)

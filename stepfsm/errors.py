@@ -248,9 +248,24 @@ class TransitionInProgressError(StepStateError):
         timeout: the timeout that expired, or ``None`` for a same-thread re-entry.
     """
 
-    def __init__(self, step: str, state: State, operation: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        step: str,
+        state: State,
+        operation: str,
+        timeout: float | None,
+        *,
+        listener: bool = False,
+    ) -> None:
         self.timeout = timeout
-        if timeout is None:
+        if timeout is None and listener:
+            message = (
+                f"{step} cannot {operation}() from a listener (or log handler or finalizer) "
+                f"running on the thread of its own transition (state '{state.value}'); "
+                "waiting would deadlock. Do it after the operation returns, or from "
+                "another thread."
+            )
+        elif timeout is None:
             if state is State.LOADING or state is State.UNLOADING:
                 doing = "load" if state is State.LOADING else "unload"
                 where = f"from inside its own {doing}"

@@ -591,7 +591,7 @@ class Lifecycle:
         if held is not None and held[1] == _get_ident() and _alive(held):
             if self._user is held:
                 return  # inside the step's own load/unload: pass through
-            raise TransitionInProgressError(self.name, self._state, operation, None)
+            raise TransitionInProgressError(self.name, self._state, operation, None, listener=True)
         state = self._settled(operation)
         if state is _LOADED:
             return
@@ -632,7 +632,7 @@ class Lifecycle:
             TypeError: ``fn`` cannot be called as ``fn(lifecycle, record)``.
         """
         _settings.check_listener(fn)
-        token = _settings._Subscription(fn)
+        token = _settings.Subscription(fn)
         with _settings.LISTENER_LOCK:
             self._listeners = (*self._listeners, token)
 
@@ -738,7 +738,9 @@ class Lifecycle:
                         self._recover(None)
                         return claim
                 elif held[1] == claim[1]:
-                    raise TransitionInProgressError(self.name, self._state, operation, None)
+                    raise TransitionInProgressError(
+                        self.name, self._state, operation, None, listener=self._user is not held
+                    )
                 else:
                     timeout = self.timeout
                     if deadline is None and timeout is not None and timeout != math.inf:

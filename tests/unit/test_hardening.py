@@ -124,6 +124,7 @@ def test_listener_operating_on_its_step_during_a_transition_is_refused(
     assert len(seen) == 1
     assert isinstance(seen[0], TransitionInProgressError)
     assert "waiting would deadlock" in str(seen[0])
+    assert "from a listener" in str(seen[0]), "the message must not blame the load"
     assert stepfsm.state(step) is State.LOADED
 
 
