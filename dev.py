@@ -216,8 +216,8 @@ def test(argv: list[str]) -> int:
     with stage("ruff", "check and format --check"):
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
-    with stage("mypy", "--strict"):
-        run(BIN / "mypy", "--strict", "stepfsm")
+    with stage("mypy", "--strict stepfsm tests/typing (the typing checks)"):
+        run(BIN / "mypy", "--strict", "stepfsm", "tests/typing")
     # Two pytest processes: the property tests drive thread interleavings with a tiny
     # switch interval and time budgets, so they run apart from the integration tests
     # (distilabel pipelines, kernels) whose leftovers (log handlers, worker pools,

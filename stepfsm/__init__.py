@@ -11,16 +11,27 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations, recovery
 * ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping, guards
-* ``diagrams``, ``cli``, ``testing``, ``integrations.*``: built on the above,
+* ``diagrams``, ``testing``, ``integrations.*``: built on the above,
   imported only when used (``import stepfsm`` never imports distilabel,
   graphviz, hypothesis, rich or IPython).
+
+One exception, on purpose: ``Lifecycle`` and ``Status`` draw themselves in
+Jupyter (``_repr_mimebundle_``) with ``diagrams``, imported when Jupyter asks.
+
+Then this package (the public API), and the programs built on it like any
+user's code, bottom to top:
+
+* ``_demo_distilabel``, ``_demo``: the demo's story (``stepfsm demo``)
+* ``cli``        the ``stepfsm`` command: ``diagram``, ``demo``
+* ``__main__``   ``python -m stepfsm``
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+import contextlib as _contextlib
+import typing as _typing
+from collections.abc import Iterator as _Iterator
+from typing import Any as _Any
 
 from ._settings import Configured as Configured
 from ._settings import configure as configure
@@ -54,12 +65,12 @@ from .states import State as State
 from .wrap import Stateful as Stateful
 from .wrap import stateful as stateful
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .diagrams import diagram as diagram
 
 __version__ = "0.1.0"
 
-T = TypeVar("T")
+_T = _typing.TypeVar("_T")
 
 __all__ = [
     "AlreadyLoadedError",
@@ -130,7 +141,7 @@ def ensure_loaded(obj: object) -> bool:
     return lifecycle(obj).ensure_loaded()
 
 
-def reload(obj: object, force: bool = False) -> Any:
+def reload(obj: object, force: bool = False) -> _Any:
     """Unload ``obj`` (if loaded) and load it again; returns what its load returned.
 
     Raises:
@@ -141,8 +152,8 @@ def reload(obj: object, force: bool = False) -> Any:
     return lifecycle(obj).reload(force=force)
 
 
-@contextlib.contextmanager
-def loaded(obj: T) -> Iterator[T]:
+@_contextlib.contextmanager
+def loaded(obj: _T) -> _Iterator[_T]:
     """Hold ``obj`` loaded for a ``with`` block and yield it.
 
     A step the block loaded is unloaded at the end (unless another holder
@@ -156,9 +167,13 @@ def loaded(obj: T) -> Iterator[T]:
         yield obj
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name == "diagram":  # lazily: diagrams pulls in transitions' diagram support
         from .diagrams import diagram
 
         return diagram
     raise AttributeError(f"module 'stepfsm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "diagram"})

@@ -175,5 +175,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ._demo_distilabel import run
 
-    run(_section, _attempt, _code, _show)
+    run(_section, _attempt, _code, _show, width=WIDTH)
     return 0

@@ -26,7 +26,6 @@ from typing import Any, ClassVar
 from pydantic import PrivateAttr
 
 import stepfsm
-from stepfsm import _demo
 
 #: distilabel 1.5's own warning about its ``Field()`` use (pydantic >= 2.12), emitted at
 #: import and again for every LLM subclass; not the demo's business.
@@ -143,6 +142,7 @@ def _warned(
     show: Callable[[object], None],
     line: str,
     action: Callable[[], Any],
+    width: int,
 ) -> Any:
     """Run ``action`` like ``attempt``, showing the stepfsm warnings it emits."""
     code(line)
@@ -151,7 +151,7 @@ def _warned(
         result = action()
     for warning in caught:
         text = f"{warning.category.__name__}: {warning.message}"
-        show("\n".join(textwrap.wrap(text, _demo.WIDTH - 4, subsequent_indent="    ")))
+        show("\n".join(textwrap.wrap(text, width - 4, subsequent_indent="    ")))
     return result
 
 
@@ -161,6 +161,7 @@ def run(
     code: Callable[[str], None],
     show: Callable[[object], None],
     first: int = 9,
+    width: int = 88,
 ) -> None:
     """Tell the distilabel part of the story, numbering sections from ``first``.
 
@@ -170,6 +171,7 @@ def run(
         code: prints a line of code.
         show: prints a value, indented.
         first: the number of the first section.
+        width: the widest line of prose.
     """
     was_installed = integration.installed()
     section(f"{first}. distilabel: install(), then write your LLM class as before")
@@ -191,7 +193,8 @@ def run(
     attempt("llm.load()   # the same cell, run again", llm.load)
     attempt("stepfsm.ensure_loaded(llm)", lambda: stepfsm.ensure_loaded(llm))
     again = OfflineLLM()
-    _warned(code, show, "again = OfflineLLM(); again.load()   # same configuration", again.load)
+    line = "again = OfflineLLM(); again.load()   # same configuration"
+    _warned(code, show, line, again.load, width)
     attempt("again.unload()", again.unload)
     show(f"(load() ran {OfflineLLM.loads} times: llm once, again once; llm is still loaded)")
 
@@ -216,7 +219,7 @@ def run(
         f"process load() ran {OfflineLLM.loads - loads} more times, and llm kept its weights: "
         f"{llm._weights is weights})"
     )
-    show("\n".join(textwrap.wrap(summary, _demo.WIDTH - 2)))
+    show("\n".join(textwrap.wrap(summary, width - 2)))
     attempt("stepfsm.lifecycle(llm)", lambda: stepfsm.lifecycle(llm))
     llm.unload()
     if not was_installed:

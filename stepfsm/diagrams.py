@@ -45,7 +45,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import Final, Literal, cast, overload
 
+from stepfsm._settings import is_stateful
 from stepfsm.errors import DiagramError
+from stepfsm.machine import Lifecycle, lifecycle
+from stepfsm.registry import Status
 from stepfsm.states import INITIAL, TRANSIENT, TRANSITIONS, State
 
 __all__ = [
@@ -189,12 +192,6 @@ def _extract(target: object, highlight: bool) -> _Graph:
     )
     if target is None:
         return base
-
-    # Imported here: machine.py imports this module lazily (for Jupyter), and
-    # wrap.py and registry.py sit below it.
-    from stepfsm.machine import Lifecycle, lifecycle
-    from stepfsm.registry import Status
-    from stepfsm.wrap import is_stateful
 
     if isinstance(target, Status):
         steps = "1 live step" if len(target) == 1 else f"{len(target)} live steps"

@@ -12,26 +12,6 @@ import stepfsm
 from stepfsm import errors
 from stepfsm.states import State
 
-EXPECTED_ALL = {
-    "AlreadyLoadedError", "CleanupWarning", "Configured", "DefinitionError", "DiagramError",
-    "DuplicateLoadWarning", "Lifecycle", "LoadError", "NotLoadedError", "RepeatedLoadWarning",
-    "State", "Stateful", "Status", "StepFSMError", "StepFSMWarning", "StepFailedError",
-    "StepInUseError", "StepStateError", "StepStatus", "TransitionError",
-    "TransitionInProgressError", "TransitionRecord", "UnloadError", "UnloadedUseWarning",
-    "configure", "diagram", "ensure_loaded", "is_loaded", "is_stateful", "lifecycle", "loaded",
-    "reload", "stateful", "state", "status", "subscribe", "unload_all",
-}  # fmt: skip
-
-
-def test_public_surface_is_pinned() -> None:
-    """stepfsm.__all__ is exactly the documented surface, sorted, and every name exists."""
-    assert set(stepfsm.__all__) == EXPECTED_ALL
-    assert stepfsm.__all__ == sorted(stepfsm.__all__)
-    for name in stepfsm.__all__:
-        assert getattr(stepfsm, name) is not None
-    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-        stepfsm.nope  # type: ignore[attr-defined]  # noqa: B018
-
 
 def test_every_error_lives_in_stepfsm_errors() -> None:
     """Every exported error and warning class reports stepfsm.errors as its module."""
