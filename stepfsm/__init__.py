@@ -55,6 +55,7 @@ from .errors import TransitionInProgressError as TransitionInProgressError
 from .errors import UnloadedUseWarning as UnloadedUseWarning
 from .errors import UnloadError as UnloadError
 from .machine import Lifecycle as Lifecycle
+from .machine import LifecycleStatistics as LifecycleStatistics
 from .machine import TransitionRecord as TransitionRecord
 from .machine import lifecycle as lifecycle
 from .registry import Status as Status
@@ -80,6 +81,7 @@ __all__ = [
     "DiagramError",
     "DuplicateLoadWarning",
     "Lifecycle",
+    "LifecycleStatistics",
     "LoadError",
     "NotLoadedError",
     "RepeatedLoadWarning",

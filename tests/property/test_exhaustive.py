@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Hashable, Iterator
+from pathlib import Path
 
 import pytest
 from fsm_driver import Action, Subject, act, alphabet, describe, dispose, fingerprint, replay, run
@@ -32,6 +33,7 @@ from stepfsm.testing import Config
 
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
 DEPTH = 6
+TESTING_DOC = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 BRUTE_DEPTH = 3 if CI else 2
 #: Prefixes each (situation, action) pair is executed from (2 checks determinism).
 PREFIXES = 2 if CI else 1
@@ -145,6 +147,11 @@ def test_every_sequence_to_depth_6_matches_the_model(
             f"{took:.1f} s)"
         )
     assert sequences > (1_000_000 if depth == DEPTH else 10_000)
+    if depth == DEPTH and on_repeat == "raise":  # the figure docs/testing.md quotes
+        quoted = f"{sequences:,} sequences of length 1..{DEPTH}"
+        assert quoted in " ".join(TESTING_DOC.read_text(encoding="utf-8").split()), (
+            f"docs/testing.md must quote the count this test checks: {sequences:,}"
+        )
 
 
 def test_every_short_sequence_replayed_from_scratch(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 import stepfsm
-from stepfsm.machine import LifecycleStatistics
+from stepfsm import LifecycleStatistics
 
 
 @stepfsm.stateful(guard=("generate",))

@@ -26,6 +26,7 @@ PUBLIC = [
     "DiagramError",
     "DuplicateLoadWarning",
     "Lifecycle",
+    "LifecycleStatistics",
     "LoadError",
     "NotLoadedError",
     "RepeatedLoadWarning",
