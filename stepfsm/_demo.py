@@ -2,12 +2,16 @@
 
 Each section prints what a user would type and what stepfsm answers. The
 step is a small offline "LLM" whose weights are a real 32 MiB buffer, so
-"loaded twice" would be visible memory, not a counter.
+"loaded twice" would be visible memory, not a counter. Every class the demo
+shows (in its code lines and in ``stepfsm.status()``) is one a user could
+have written: the Ctrl-C of section 5 is a real SIGINT, sent while an
+ordinary ``TinyLLM``'s load runs, not a special class that raises.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import textwrap
 import threading
 import time
@@ -28,17 +32,17 @@ class TinyLLM(stepfsm.Stateful, guard=("generate",)):
 
     def __init__(self, name: str, load_seconds: float = 0.2, fail_first: int = 0) -> None:
         self.name = name
-        self.load_seconds = load_seconds
-        self.fail_first = fail_first
+        self.load_seconds = load_seconds  # how long "moving the weights to the GPU" takes
+        self.fail_first = fail_first  # how many loads fail (a pretend out-of-memory)
         self.weights: bytearray | None = None
 
     def load(self) -> None:
         type(self).loads += 1
+        self.weights = bytearray(32 * 1024 * 1024)
         time.sleep(self.load_seconds)
         if self.fail_first > 0:
             self.fail_first -= 1
             raise OSError("CUDA out of memory (pretend)")
-        self.weights = bytearray(32 * 1024 * 1024)
 
     def unload(self) -> None:
         self.weights = None
@@ -48,12 +52,45 @@ class TinyLLM(stepfsm.Stateful, guard=("generate",)):
         return f"{prompt!r} -> {len(self.weights) // 2**20} MiB of weights say hello"
 
 
-class _Interrupting(TinyLLM):
-    """Simulates Ctrl-C arriving in the middle of a load."""
+#: What the demo shows of :class:`TinyLLM` (its code, without the bookkeeping).
+CLASS_SOURCE = """\
+class TinyLLM(stepfsm.Stateful, guard=("generate",)):
+    def __init__(self, name, load_seconds=0.2, fail_first=0): ...
+    def load(self):
+        self.weights = bytearray(32 * 1024 * 1024)
+        time.sleep(self.load_seconds)        # "moving the weights to the GPU"
+        if self.fail_first: ...              # raise OSError("CUDA out of memory")
+    def unload(self):
+        self.weights = None
+    def generate(self, prompt): ...
+"""
 
-    def load(self) -> None:
-        self.weights = bytearray(1024)
-        raise KeyboardInterrupt
+
+def _press_ctrl_c(step: TinyLLM, after: float = 0.05) -> threading.Thread:
+    """Press Ctrl-C for the user ``after`` seconds into ``step``'s load.
+
+    A thread waits until the load runs, then sends the main thread a real
+    SIGINT, as the terminal does on Ctrl-C (where ``signal.pthread_kill``
+    does not exist, ``signal.raise_signal``: Windows wakes the main thread's
+    sleep then). If the load never starts, nothing is sent.
+    """
+    main = threading.main_thread().ident
+
+    def press() -> None:
+        deadline = time.monotonic() + 10
+        while stepfsm.state(step) is not stepfsm.State.LOADING:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        time.sleep(after)
+        if hasattr(signal, "pthread_kill") and main is not None:
+            signal.pthread_kill(main, signal.SIGINT)
+        else:  # pragma: no cover - Windows
+            signal.raise_signal(signal.SIGINT)
+
+    thread = threading.Thread(target=press, name="ctrl-c", daemon=True)
+    thread.start()
+    return thread
 
 
 def _section(title: str) -> None:
@@ -99,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     _color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
 
     _section("1. Load a step, then re-run the cell that loads it")
+    first_line, *rest = CLASS_SOURCE.splitlines()
+    _code(first_line)
+    for line in rest:
+        _show(f"... {line}")
     llm = TinyLLM("gen_0")
     _attempt("llm = TinyLLM('gen_0'); llm.load()", llm.load)
     _attempt("llm.load()   # the same cell, run again", llm.load)
@@ -137,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _section("4. A load that fails, and the recovery")
     flaky = TinyLLM("flaky", load_seconds=0.05, fail_first=1)
-    _attempt("flaky.load()", flaky.load)
+    _attempt("flaky = TinyLLM('flaky', load_seconds=0.05, fail_first=1); flaky.load()", flaky.load)
     _code("stepfsm.lifecycle(flaky).state, stepfsm.lifecycle(flaky).error")
     lc = stepfsm.lifecycle(flaky)
     _show(f"({lc.state.value!r}, {lc.error!r})")
@@ -146,14 +187,27 @@ def main(argv: list[str] | None = None) -> int:
     _show(f"state: {lc.state.value}")
 
     _section("5. Ctrl-C in the middle of a load")
-    interrupted = _Interrupting("ctrl_c", load_seconds=0)
-    _attempt("interrupted.load()   # KeyboardInterrupt arrives inside load()", interrupted.load)
-    _show(
-        f"state: {stepfsm.state(interrupted).value} (never stuck in 'loading'); "
-        "any thread can act on it at once:"
-    )
-    _attempt("interrupted.unload()", interrupted.unload)
-    _show(f"state: {stepfsm.state(interrupted).value}")
+    if threading.current_thread() is threading.main_thread():
+        slow = TinyLLM("slow", load_seconds=30)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            presser = _press_ctrl_c(slow)
+            _attempt(
+                "slow = TinyLLM('slow', load_seconds=30); slow.load()   # then Ctrl-C",
+                slow.load,
+            )
+            presser.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        _show("(the demo pressed Ctrl-C for you: a real SIGINT, 0.05 s into the 30 s load)")
+        _show(
+            f"state: {stepfsm.state(slow).value} (never stuck in 'loading'); "
+            "any thread can act on it at once:"
+        )
+        _attempt("slow.unload()   # frees the half-loaded weights", slow.unload)
+        _show(f"state: {stepfsm.state(slow).value}, weights: {slow.weights}")
+    else:  # pragma: no cover - signals reach only the main thread
+        _show("(skipped: Ctrl-C can only be shown when the demo runs in the main thread)")
 
     _section("6. The history of 'flaky'")
     for record in lc.history:

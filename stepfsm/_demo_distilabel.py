@@ -28,7 +28,8 @@ from pydantic import PrivateAttr
 import stepfsm
 
 #: distilabel 1.5's own warning about its ``Field()`` use (pydantic >= 2.12), emitted at
-#: import and again for every LLM subclass; not the demo's business.
+#: import and again for an LLM subclass; harmless, not the demo's business (docs/distilabel.md,
+#: "Messages you can ignore, and why").
 _FIELD_WARNING = r"The 'default' attribute with value None was provided to the `Field\(\)`"
 
 #: Where the demo's pipeline and datasets caches go (removed when the process exits).
@@ -114,8 +115,10 @@ class OfflineLLM(LLM):                   # a distilabel LLM, written exactly as 
 def _quiet_pipeline() -> Iterator[io.StringIO]:
     """Keep ``Pipeline.run()``'s own output off the terminal; restore the root logger after.
 
-    distilabel logs at INFO through rich, prints a stray line on stdout, and
-    leaves its (then closed) log queue on the root logger after the run.
+    distilabel logs at INFO through rich, prints ``Untracked error: No module
+    named 'bs4'`` on stdout (its citation lookup), datasets a progress bar on
+    stderr, and distilabel leaves its (then closed) log queue on the root
+    logger after the run (docs/distilabel.md, "Messages you can ignore, and why").
     """
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
@@ -88,12 +89,16 @@ def _forget(
     _live: dict[int, Lifecycle] = _LIVE,
     _loaded: dict[int, OwnerRef] = _LOADED,
     _order: dict[int, int] = _ORDER,
+    _finalizing: Callable[[], bool] = sys.is_finalizing,
 ) -> None:
     """Weakref callback: drop the dead step's entries (unless the id was reused).
 
     The tables are bound as defaults: at interpreter exit the module's globals
-    may already be gone when the last callbacks run.
+    may already be gone when the last callbacks run; then there is nothing
+    worth tidying, and the helpers this calls may be gone too.
     """
+    if _finalizing():
+        return
     if _loaded.get(ref.key) is ref:
         del _loaded[ref.key]
     entry = _live.get(ref.key)

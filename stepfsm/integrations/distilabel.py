@@ -29,6 +29,13 @@ distilabel deep-copies each step and pickles it into its worker processes;
 the copies arrive ``unloaded`` without the parent's resources (``docs/design.md``, section 5),
 so the worker loads its own and the notebook's LLM stays loaded.
 
+Logging: every ``Pipeline.run()`` points the root logger at distilabel's own
+log (level INFO, in the parent and in every worker). So that stepfsm's
+routine INFO lines ("loaded ... in 0.006 s") do not go there, :func:`install`
+sets the ``stepfsm`` logger to WARNING when its level is unset; a level you
+set yourself, before or after, wins (``docs/decisions.md``, "stepfsm's INFO
+lines under the distilabel integration"). Warnings still reach that log.
+
 This is the only stepfsm module that imports distilabel (besides the demo's
 ``stepfsm._demo_distilabel``, imported only when distilabel is installed).
 """
@@ -60,6 +67,10 @@ BASES: Final[dict[type, tuple[str, ...]]] = {
 
 _lock = threading.Lock()
 _installed = False
+#: The level :func:`install` gives the ``stepfsm`` logger when it has none.
+_QUIET_LEVEL: Final = logging.WARNING
+#: Whether :func:`install` set the ``stepfsm`` logger's level (so :func:`uninstall` unsets it).
+_quieted = False
 #: The integration's policies (``install(on_repeat=..., on_unloaded_use=...)``).
 LAYER: Final = Layer()
 
@@ -105,6 +116,31 @@ def _ensure_logger(obj: Any) -> None:
     obj._logger = logging.getLogger(name)
 
 
+def _quiet_stepfsm_log() -> None:
+    """Keep stepfsm's per-transition INFO lines out of distilabel's log, unless asked for.
+
+    distilabel's ``setup_logging`` (run by every ``Pipeline.run()``, in the
+    parent and in each worker) clears the root logger's handlers, adds its
+    own (rich on the terminal, the run's ``pipeline.log``) and sets the root
+    level to INFO: logger ``stepfsm``, whose level is unset, would inherit it.
+    A level the user gave logger ``stepfsm`` is left alone.
+    """
+    global _quieted
+    log = logging.getLogger("stepfsm")
+    if log.level == logging.NOTSET:
+        log.setLevel(_QUIET_LEVEL)
+        _quieted = True
+
+
+def _unquiet_stepfsm_log() -> None:
+    """Undo :func:`_quiet_stepfsm_log`, unless the user has set another level since."""
+    global _quieted
+    log = logging.getLogger("stepfsm")
+    if _quieted and log.level == _QUIET_LEVEL:
+        log.setLevel(logging.NOTSET)
+    _quieted = False
+
+
 def _tree(base: type) -> list[type]:
     """``base`` and all its subclasses, every class after all of its parents."""
     seen: dict[type, None] = {}
@@ -126,6 +162,11 @@ def install(
 
     Idempotent: calling it again only replaces the policies. Class and
     instance settings still win over these, and these over ``stepfsm.configure``.
+
+    Also sets the ``stepfsm`` logger's level to WARNING if it has none, so
+    that its INFO lines stay out of the log every ``Pipeline.run()`` sets up
+    on the root logger; ``logging.getLogger("stepfsm").setLevel(logging.INFO)``
+    brings them back.
 
     Args:
         on_repeat: the integration's policy for ``load()`` on a loaded step;
@@ -164,6 +205,7 @@ def install(
                     layer=LAYER,
                 )
             install_subclass_hook(base)
+        _quiet_stepfsm_log()
         _installed = True
 
 
@@ -172,7 +214,8 @@ def uninstall() -> None:
 
     Lifecycles of existing distilabel objects are forgotten (they were created
     by the integration). A class decorated with ``@stepfsm.stateful`` that
-    derives from a distilabel base loses that decoration too.
+    derives from a distilabel base loses that decoration too. The ``stepfsm``
+    logger gets its level back (unset), unless you have set one since.
     """
     global _installed
     with _lock:
@@ -185,4 +228,5 @@ def uninstall() -> None:
         registry.forget_where(lambda step: isinstance(step, bases))
         LAYER.on_repeat = LAYER.on_unloaded_use = None
         LAYER.raise_original = False
+        _unquiet_stepfsm_log()
         _installed = False
