@@ -8,8 +8,10 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``_settings``  policies and their one resolver, class configuration, listeners
 * ``_snapshot``  what a load set: pre-load values, copies, pickles
 * ``_engine``    the shared ``transitions`` machine and firing a trigger
+* ``_aio``       event-loop plumbing for the async operations (worker threads, wake-ups)
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
-* ``machine``    ``Lifecycle``: claims, holders, waiting, operations, recovery
+* ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),
+  recovery
 * ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping, guards
 * ``diagrams``, ``testing``, ``integrations.*``: built on the above,
   imported only when used (``import stepfsm`` never imports distilabel,
@@ -54,6 +56,7 @@ from .errors import TransitionError as TransitionError
 from .errors import TransitionInProgressError as TransitionInProgressError
 from .errors import UnloadedUseWarning as UnloadedUseWarning
 from .errors import UnloadError as UnloadError
+from .machine import AsyncLoaded as AsyncLoaded
 from .machine import Lifecycle as Lifecycle
 from .machine import LifecycleStatistics as LifecycleStatistics
 from .machine import TransitionRecord as TransitionRecord
@@ -75,6 +78,7 @@ _T = _typing.TypeVar("_T")
 
 __all__ = [
     "AlreadyLoadedError",
+    "AsyncLoaded",
     "CleanupWarning",
     "Configured",
     "DefinitionError",
@@ -99,6 +103,11 @@ __all__ = [
     "TransitionRecord",
     "UnloadError",
     "UnloadedUseWarning",
+    "aensure_loaded",
+    "aload",
+    "aloaded",
+    "areload",
+    "aunload",
     "configure",
     "diagram",
     "ensure_loaded",
@@ -167,6 +176,41 @@ def loaded(obj: _T) -> _Iterator[_T]:
     """
     with lifecycle(obj).loaded():
         yield obj
+
+
+async def aload(obj: object) -> _Any:
+    """Load ``obj``, awaited (the event loop keeps running); returns what its load returned.
+
+    A sync step's load runs in a worker thread; an async step's (``async def
+    load``) runs on this loop. Outcomes as :meth:`Lifecycle.load`.
+    """
+    return await lifecycle(obj).aload()
+
+
+async def aunload(obj: object, force: bool = False) -> _Any:
+    """Unload ``obj``, awaited; returns what its unload returned (as :meth:`Lifecycle.unload`)."""
+    return await lifecycle(obj).aunload(force)
+
+
+async def aensure_loaded(obj: object) -> bool:
+    """Load ``obj`` unless it is loaded, awaited; ``True`` if a load ran.
+
+    Any mix of tasks and threads asking at once produces one load.
+    """
+    return await lifecycle(obj).aensure_loaded()
+
+
+async def areload(obj: object, force: bool = False) -> _Any:
+    """Unload ``obj`` (if loaded) and load it again, awaited (as :meth:`Lifecycle.reload`)."""
+    return await lifecycle(obj).areload(force)
+
+
+def aloaded(obj: _T) -> AsyncLoaded:
+    """``async with stepfsm.aloaded(step) as step:`` hold ``obj`` loaded for the block.
+
+    Like :func:`loaded`: a step the block loaded is unloaded at the end.
+    """
+    return lifecycle(obj).aloaded()
 
 
 def __getattr__(name: str) -> _Any:

@@ -115,6 +115,8 @@ class ClassConfig:
     before_load: Callable[[Any], None] | None = None
     #: an integration's policies, consulted after the class's own and before the global ones
     layer: Layer | None = None
+    #: load and unload are ``async def``: operations must be awaited (``aload()``...)
+    is_async: bool = False
 
 
 def class_config(cls: type) -> ClassConfig | None:

@@ -493,8 +493,9 @@ def bad_method(cls: type, name: str, role: str, kind: str) -> DefinitionError:
     """The load (or unload) method has a kind that cannot be a transition."""
     fixes = {
         "coroutine": (
-            f"an async def; stepfsm runs {role}() synchronously, so its body would never run. "
-            f"Make {name}() a plain def (run the coroutine inside it, e.g. with asyncio.run)"
+            f"an async def while the class's other transition method is a plain def; an "
+            f"async step needs both load() and unload() async def, a sync step neither. Make "
+            f"{name}() match it"
         ),
         "generator": (
             f"a generator function; calling it only creates a generator, so its body would "
@@ -515,6 +516,32 @@ def bad_method(cls: type, name: str, role: str, kind: str) -> DefinitionError:
     }
     return DefinitionError(
         f"{cls.__qualname__}.{name}() cannot be the {role} method: it is {fixes[kind]}."
+    )
+
+
+def sync_on_async(step: str, state: State, operation: str) -> StepStateError:
+    """A synchronous operation asked of an async step (its load/unload are ``async def``)."""
+    instead = {
+        "acquire": "async with stepfsm.aloaded(step)",
+        "release": "async with stepfsm.aloaded(step)",
+        "loaded": "async with stepfsm.aloaded(step)",
+    }.get(operation, f"await stepfsm.a{operation}(step)")
+    return StepStateError(
+        f"{step} is an async step (its load() and unload() are async def), so {operation}() "
+        f"cannot run it from synchronous code. Use the async operation in async code "
+        f"instead: {instead}.",
+        step=step,
+        state=state,
+        operation=operation,
+    )
+
+
+def async_with_needed(step: str) -> TypeError:
+    """``with stepfsm.aloaded(step):`` (the async context manager used with a plain ``with``)."""
+    return TypeError(
+        f"stepfsm.aloaded({step}) is an async context manager: write "
+        "`async with stepfsm.aloaded(step):` inside async code, or `with stepfsm.loaded(step):` "
+        "in synchronous code."
     )
 
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from . import _engine, _settings, _snapshot, registry
+from . import _aio, _engine, _settings, _snapshot, registry
 from ._settings import (
     ClassConfig,
     OnRepeat,
@@ -69,21 +69,29 @@ from .errors import (
     TransitionInProgressError,
     UnloadedUseWarning,
     UnloadError,
+    async_with_needed,
     describe,
     emit,
     interrupted,
     log,
     not_stateful,
+    sync_on_async,
 )
 from .states import INITIAL, State, Trigger
 
 if TYPE_CHECKING:
+    import asyncio
     import datetime as _dt
+    from types import TracebackType
 
 __all__ = [
+    "AsyncLoaded",
     "Lifecycle",
     "LifecycleStatistics",
     "TransitionRecord",
+    "acall_load",
+    "acall_unload",
+    "arequire_loaded",
     "call_load",
     "call_unload",
     "display_name",
@@ -233,6 +241,7 @@ class Lifecycle:
     __slots__ = (
         "__weakref__",
         "_acquired_load",
+        "_awaiters",
         "_began",
         "_cfg",
         "_children",
@@ -284,6 +293,8 @@ class Lifecycle:
         self._outbox: list[TransitionRecord] | None = None
         self._own: dict[str, Any] | None = None  # the instance's own settings
         self._waiters: list[Any] = []
+        #: event loop -> the future its waiting tasks share (async operations)
+        self._awaiters: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._user: Claim | None = None  # the claim whose user load/unload code is running
         self._ret: tuple[Any] | None = None  # set when the user's code of a transition returns
 
@@ -430,7 +441,10 @@ class Lifecycle:
             LoadError: the step's load (or the clean-up before it) raised.
             TransitionInProgressError: called from inside the step's own unload,
                 or a wait for another thread exceeded ``timeout``.
+            StepStateError: the step is an async step (use :meth:`aload`).
         """
+        if self._cfg.is_async:
+            self._sync_allowed("load")
         return self._call_load(self._user_fn(self._cfg.load), (), {})
 
     def unload(self, force: bool = False) -> Any:
@@ -447,7 +461,10 @@ class Lifecycle:
             UnloadError: the step's own unload raised (from ``loaded``).
             TransitionInProgressError: called from inside the step's own load,
                 or a wait exceeded ``timeout``.
+            StepStateError: the step is an async step (use :meth:`aunload`).
         """
+        if self._cfg.is_async:
+            self._sync_allowed("unload")
         return self._call_unload(self._user_fn(self._cfg.unload), (), {}, force)
 
     def ensure_loaded(self) -> bool:
@@ -460,7 +477,10 @@ class Lifecycle:
             LoadError: the load (or the clean-up before it) raised.
             TransitionInProgressError: called from inside the step's own
                 load/unload, or a wait exceeded ``timeout``.
+            StepStateError: the step is an async step (use :meth:`aensure_loaded`).
         """
+        if self._cfg.is_async:
+            self._sync_allowed("ensure_loaded")
         stack = registry.running()
         if stack:
             parent = self._parent(stack)
@@ -491,7 +511,10 @@ class Lifecycle:
             LoadError: the load raised.
             UnloadError: the unload before the load raised.
             TransitionInProgressError: see :meth:`load`.
+            StepStateError: the step is an async step (use :meth:`areload`).
         """
+        if self._cfg.is_async:
+            self._sync_allowed("reload")
         claim = self._claim("reload")
         try:
             state = self._state
@@ -524,7 +547,10 @@ class Lifecycle:
         Raises:
             LoadError: the load raised.
             TransitionInProgressError: see :meth:`ensure_loaded`.
+            StepStateError: the step is an async step (use :meth:`aloaded`).
         """
+        if self._cfg.is_async:
+            self._sync_allowed("acquire")
         self._acquire(holder, self._label(holder))
 
     def release(self, holder: object = None) -> None:
@@ -535,9 +561,15 @@ class Lifecycle:
         is a no-op.
 
         Raises:
-            StepStateError: no hold by ``holder`` exists.
+            StepStateError: no hold by ``holder`` exists (or the step is an
+                async step: use :meth:`aloaded`).
             UnloadError: the unload after the last release raised.
         """
+        if self._cfg.is_async:
+            self._sync_allowed("release")
+        self._release(holder)
+
+    def _release(self, holder: object) -> None:
         claim = self._claim("release")
         try:
             if not self._drop_hold(holder):
@@ -566,7 +598,10 @@ class Lifecycle:
 
         Raises:
             LoadError: the load raised.
+            StepStateError: the step is an async step (use :meth:`aloaded`).
         """
+        if self._cfg.is_async:
+            self._sync_allowed("loaded")
         token = _ContextHold()
         self.acquire(token)
         try:
@@ -592,7 +627,12 @@ class Lifecycle:
             if self._user is held:
                 return  # inside the step's own load/unload: pass through
             raise TransitionInProgressError(self.name, self._state, operation, None, listener=True)
-        state = self._settled(operation)
+        if held is not None and self._in_task():
+            return  # inside the step's own async load/unload (this task runs it)
+        self._refuse_use(self._settled(operation), operation)
+
+    def _refuse_use(self, state: State, operation: str) -> None:
+        """Apply ``on_unloaded_use`` to a use of the step in the settled ``state``."""
         if state is _LOADED:
             return
         policy = self.on_unloaded_use
@@ -641,6 +681,146 @@ class Lifecycle:
                 self._listeners = tuple(f for f in self._listeners if f is not token)
 
         return unsubscribe
+
+    # ------------------------------------------------------- async operations
+
+    async def aload(self) -> Any:
+        """:meth:`load`, awaited: the event loop never blocks.
+
+        A sync step's load runs in a worker thread; an async step's load runs
+        on the caller's loop, in a task linked to the caller (cancelling the
+        caller cancels it: the step ends ``failed`` with ``CancelledError``).
+        Inside another step's async load it is an :meth:`acquire` by that step.
+
+        Returns, raises: as :meth:`load`.
+        """
+        return await self._acall_load(self._user_fn(self._cfg.load), (), {})
+
+    async def aunload(self, force: bool = False) -> Any:
+        """:meth:`unload`, awaited (see :meth:`aload`)."""
+        return await self._acall_unload(self._user_fn(self._cfg.unload), (), {}, force)
+
+    async def aensure_loaded(self) -> bool:
+        """:meth:`ensure_loaded`, awaited (see :meth:`aload`); no thread when loaded."""
+        parent = self._aparent()
+        if parent is not None:
+            return await _aio.in_thread(lambda: self._acquire_for(parent))
+        if self._state is _LOADED and self not in _CLAIMS:
+            return False
+        await self._await_free("ensure_loaded")
+        if self._state is _LOADED and self not in _CLAIMS:
+            return False
+        return await _aio.in_thread(self.ensure_loaded)
+
+    async def areload(self, force: bool = False) -> Any:
+        """:meth:`reload`, awaited (see :meth:`aload`)."""
+        self._not_in_task("reload")
+        await self._await_free("reload")
+        return await _aio.in_thread(lambda: self.reload(force))
+
+    def aloaded(self) -> AsyncLoaded:
+        """:meth:`loaded` for ``async with``: hold the step loaded, yield it."""
+        return AsyncLoaded(self)
+
+    async def arequire_loaded(self, operation: str = "require_loaded") -> None:
+        """:meth:`require_loaded`, awaiting a transition instead of blocking the loop."""
+        if self._state is _LOADED:
+            return
+        held = _CLAIMS.get(self)
+        if held is not None and self._in_task():
+            return  # inside the step's own async load/unload: pass through
+        await self._await_free(operation)
+        self._refuse_use(self._state, operation)
+
+    async def _acall_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
+        """A call of the object's wrapped async load ``fn`` (or :meth:`aload`)."""
+        mine = self._in_task()
+        if mine == "load" and self._state is _LOADING:  # a super().load() in our own load
+            return await fn(self.owner_ref(), *args, **kwargs)
+        self._not_in_task("load", mine)
+        parent = self._aparent()
+        if parent is not None:
+            await _aio.in_thread(lambda: self._acquire_for(parent))
+            return None
+        await self._await_free("load")
+        return await _aio.in_thread(lambda: self._call_load(fn, args, kwargs))
+
+    async def _acall_unload(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, force: bool = False
+    ) -> Any:
+        """A call of the object's wrapped async unload ``fn`` (or :meth:`aunload`)."""
+        mine = self._in_task()
+        if mine == "unload" and self._state is _UNLOADING:  # a super().unload() in our own
+            return await fn(self.owner_ref(), *args, **kwargs)
+        self._not_in_task("unload", mine)
+        await self._await_free("unload")
+        return await _aio.in_thread(lambda: self._call_unload(fn, args, kwargs, force))
+
+    def _acquire_for(self, parent: Lifecycle) -> bool:
+        """An acquire by ``parent``, whose load is running (its holds are released with it)."""
+        return self._acquire(parent._hold_key, parent.name, parent)
+
+    def _sync_allowed(self, operation: str) -> None:
+        """An async step's operation runs synchronously only in a worker of an async one."""
+        if _aio.bridging() is None:
+            raise sync_on_async(self.name, self._state, operation)
+
+    def _in_task(self) -> str | None:
+        """The operation whose async user code the current task runs on this step, if any."""
+        for marker in reversed(_aio.running()):
+            if marker[0] is self:  # type: ignore[index]
+                return marker[1]  # type: ignore[index,no-any-return]
+        return None
+
+    def _not_in_task(self, operation: str, mine: str | None = None) -> None:
+        """Refuse an operation that would wait for this task's own running transition."""
+        if (mine or self._in_task()) is not None:
+            raise TransitionInProgressError(self.name, self._state, operation, None)
+
+    def _aparent(self) -> Lifecycle | None:
+        """The step whose async load the current task runs, if it is not this one."""
+        running = _aio.running()
+        if running:
+            top: tuple[Lifecycle, str] = running[-1]  # type: ignore[assignment]
+            if top[1] == "load" and top[0] is not self:
+                return top[0]
+        return None
+
+    async def _await_free(self, operation: str) -> None:
+        """Await (never blocking the loop) until no operation holds the claim.
+
+        Abandoned claims are settled; the wait honours ``timeout``. Another
+        operation may claim the lifecycle right after: the worker thread that
+        runs the caller's operation then waits like any thread.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            held = _CLAIMS.get(self)
+            if held is None:
+                return
+            if not _alive(held):
+                self._repair(held)
+                continue
+            self._not_in_task(operation)
+            timeout = self.timeout
+            if deadline is None and timeout is not None and timeout != math.inf:
+                deadline = _monotonic() + timeout
+            pause = _SLICE
+            if deadline is not None:
+                pause = min(pause, deadline - _monotonic())
+                if pause <= 0:
+                    raise TransitionInProgressError(self.name, self._state, operation, timeout)
+            awaiters = self._awaiters
+            if awaiters is None:
+                awaiters = self._awaiters = {}
+            future = awaiters.get(loop)
+            if future is None or future.done():
+                future = awaiters[loop] = loop.create_future()
+            if _CLAIMS.get(self) is held:  # registered before this check: no lost wake-up
+                await _aio.wait(future, pause)
 
     # --------------------------------------------------- wrapped load/unload
 
@@ -741,6 +921,8 @@ class Lifecycle:
                     raise TransitionInProgressError(
                         self.name, self._state, operation, None, listener=self._user is not held
                     )
+                elif self._in_task() is not None:  # this task runs the holder's user code
+                    raise TransitionInProgressError(self.name, self._state, operation, None)
                 else:
                     timeout = self.timeout
                     if deadline is None and timeout is not None and timeout != math.inf:
@@ -789,6 +971,9 @@ class Lifecycle:
                 waiters.pop().release()
             except IndexError:  # another thread woke the last one
                 break
+        if self._awaiters:
+            awaiters, self._awaiters = self._awaiters, None
+            _aio.wake(awaiters.copy())
         if self._outbox:
             self._deliver()
         if self._due:
@@ -975,7 +1160,10 @@ class Lifecycle:
         try:
             if op == "load" and self._cfg.before_load is not None:
                 self._cfg.before_load(owner)
-            self._ret = (fn(owner, *args, **kwargs),)
+            if self._cfg.is_async:  # on the awaiting task's loop; this thread waits
+                self._ret = (_aio.run_coroutine(fn(owner, *args, **kwargs), (self, op)),)
+            else:
+                self._ret = (fn(owner, *args, **kwargs),)
         except BaseException as raised:
             return raised
         finally:
@@ -1140,7 +1328,7 @@ class Lifecycle:
                 break
             child, key = entry
             try:
-                child.release(key)
+                child._release(key)
             except StepStateError:  # a forced unload of the child evicted us already
                 pass
             except Exception:
@@ -1264,6 +1452,58 @@ def call_unload(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwar
 def require_loaded(obj: object, operation: str) -> None:
     """The slow path of a guard: ``obj``'s loaded flag was not set (``wrap`` uses it)."""
     lifecycle(obj).require_loaded(operation)
+
+
+async def acall_load(
+    obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+) -> Any:
+    """A call of an async step's wrapped load method, whose own code is ``fn``."""
+    return await lifecycle(obj)._acall_load(fn, args, kwargs)
+
+
+async def acall_unload(
+    obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+) -> Any:
+    """A call of an async step's wrapped unload method, whose own code is ``fn``."""
+    return await lifecycle(obj)._acall_unload(fn, args, kwargs)
+
+
+async def arequire_loaded(obj: object, operation: str) -> None:
+    """The slow path of an async guard: awaits a transition instead of blocking."""
+    await lifecycle(obj).arequire_loaded(operation)
+
+
+class AsyncLoaded:
+    """``async with lifecycle.aloaded():`` hold the step loaded for the block, yield it."""
+
+    __slots__ = ("_lifecycle", "_token")
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self._lifecycle = lc
+        self._token = _ContextHold()
+
+    async def __aenter__(self) -> Any:
+        lc = self._lifecycle
+        lc._not_in_task("loaded")
+        await lc._await_free("loaded")
+        await _aio.in_thread(lambda: lc._acquire(self._token, lc._label(self._token)))
+        return lc.owner_ref()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        lc = self._lifecycle
+        await lc._await_free("loaded")
+        await _aio.in_thread(lambda: lc._release(self._token))
+
+    def __enter__(self) -> Any:
+        raise async_with_needed(self._lifecycle.name)
+
+    def __exit__(self, *exc: object) -> None:  # pragma: no cover - __enter__ always raises
+        return None
 
 
 def _reset_in_child() -> None:

@@ -205,13 +205,18 @@ def make_stateful(
         slots=tuple(n for n in copyreg._slotnames(cls) if not n.startswith("__")),  # type: ignore[attr-defined]
         before_load=before_load or parent.before_load,
         layer=layer or parent.layer,
+        is_async=_is_async(cls, load or parent.load, unload or parent.unload),
     )
     _check_definition(cls, cfg)
     patch(cls, "__stepfsm__", cfg)
     if cfg.has_dict and cls.__dict__.get(LOADED_FLAG) is not False:
         patch(cls, LOADED_FLAG, False)
-    _wrap_transition(cls, cfg.load, machine.call_load)
-    _wrap_transition(cls, cfg.unload, machine.call_unload)
+    if cfg.is_async:
+        _wrap_transition(cls, cfg.load, machine.acall_load)
+        _wrap_transition(cls, cfg.unload, machine.acall_unload)
+    else:
+        _wrap_transition(cls, cfg.load, machine.call_load)
+        _wrap_transition(cls, cfg.unload, machine.call_unload)
     for name in cfg.guard:
         guarded = make_guard(getattr(cls, name), name, flag=cfg.has_dict)
         if guarded is not None:
@@ -229,15 +234,29 @@ def unmake_stateful(cls: type) -> None:
     unpatch(cls)
 
 
-def _kind(cls: type, name: str) -> str | None:
-    """What kind of callable ``cls.name`` is, if it cannot be a load/unload method."""
+def _original(cls: type, name: str) -> Any:
+    """``cls.name`` as the user wrote it (unwrapped), or ``None``."""
+    fn = getattr(cls, name, None)
+    return getattr(fn, "__stepfsm_original__", fn)
+
+
+def _is_async(cls: type, load: str, unload: str) -> bool:
+    """Whether both transition methods are ``async def`` (an async step)."""
+    return all(inspect.iscoroutinefunction(_original(cls, name)) for name in (load, unload))
+
+
+def _kind(cls: type, name: str, is_async: bool) -> str | None:
+    """What kind of callable ``cls.name`` is, if it cannot be a load/unload method.
+
+    ``coroutine`` means an ``async def`` in a step whose other method is not one.
+    """
     raw = inspect.getattr_static(cls, name, None)
     if isinstance(raw, staticmethod):
         return "staticmethod"
     if isinstance(raw, classmethod):
         return "classmethod"
-    fn = getattr(getattr(cls, name), "__stepfsm_original__", getattr(cls, name))
-    if inspect.iscoroutinefunction(fn):
+    fn = _original(cls, name)
+    if inspect.iscoroutinefunction(fn) and not is_async:
         return "coroutine"
     if inspect.isasyncgenfunction(fn):
         return "async generator"
@@ -254,7 +273,7 @@ def _check_definition(cls: type, cfg: ClassConfig) -> None:
     for role, name, other in (("load", cfg.load, cfg.unload), ("unload", cfg.unload, cfg.load)):
         if not callable(getattr(cls, name, None)):
             raise missing_method(cls, name, role, _did_you_mean(cls, name, exclude=other))
-        kind = _kind(cls, name)
+        kind = _kind(cls, name, cfg.is_async)
         if kind is not None:
             raise bad_method(cls, name, role, kind)
     for name in cfg.guard:
@@ -311,7 +330,7 @@ _CHECKS: Final = {
 _TEMPLATE: Final = """\
 {kw}def {name}({params}):
     if {check}:
-        _stepfsm_slow({self}, {operation!r})
+        {aw}{slow}({self}, {operation!r})
     return {aw}_stepfsm_fn({call})
 """
 # A generator method stays a generator function: the check runs at the first next().
@@ -340,6 +359,7 @@ def make_guard(
         "_stepfsm_loaded": registry.loaded_table(),
         "_stepfsm_dead": _dead,
         "_stepfsm_slow": machine.require_loaded,
+        "_stepfsm_aslow": machine.arequire_loaded,
         "_stepfsm_fn": fn,
     }
     source = _guard_source(fn, operation, namespace, _CHECKS[flag])
@@ -366,6 +386,7 @@ def _guard_source(
             self=self,
             operation=operation,
             aw="await " if is_async else "",
+            slow="_stepfsm_aslow" if is_async else "_stepfsm_slow",
             call=call,
         )
 

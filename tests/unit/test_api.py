@@ -20,6 +20,7 @@ from stepfsm.states import State
 #: ``stepfsm.__all__``, exactly (sorted as ``sorted()`` sorts: classes first).
 PUBLIC = [
     "AlreadyLoadedError",
+    "AsyncLoaded",
     "CleanupWarning",
     "Configured",
     "DefinitionError",
@@ -44,6 +45,11 @@ PUBLIC = [
     "TransitionRecord",
     "UnloadError",
     "UnloadedUseWarning",
+    "aensure_loaded",
+    "aload",
+    "aloaded",
+    "areload",
+    "aunload",
     "configure",
     "diagram",
     "ensure_loaded",

@@ -211,8 +211,8 @@ def _plain(self: Any) -> None:
 @pytest.mark.parametrize(
     ("role", "method", "match"),
     [
-        ("load", _coroutine, r"it is an async def; stepfsm runs load\(\) synchronously"),
-        ("unload", _coroutine, r"it is an async def; stepfsm runs unload\(\)"),
+        ("load", _coroutine, r"it is an async def while the class.s other transition method"),
+        ("unload", _coroutine, r"an async step needs both load\(\) and unload\(\) async def"),
         ("load", _generator, "it is a generator function; calling it only creates a generator"),
         ("load", _async_generator, "it is an async generator function"),
         ("load", staticmethod(_plain), "it is a staticmethod; a step's load"),
