@@ -12,7 +12,8 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),
   recovery
-* ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping, guards
+* ``_guard``     guards: the loaded check written into a guarded method
+* ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping
 * ``diagrams``, ``testing``, ``integrations.*``: built on the above,
   imported only when used (``import stepfsm`` never imports distilabel,
   graphviz, hypothesis, rich or IPython).

@@ -29,7 +29,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar, overload
 
-from . import _snapshot, machine, registry
+from . import _guard, _snapshot, machine
 from ._settings import (
     LOADED_FLAG,
     ClassConfig,
@@ -218,7 +218,7 @@ def make_stateful(
         _wrap_transition(cls, cfg.load, machine.call_load)
         _wrap_transition(cls, cfg.unload, machine.call_unload)
     for name in cfg.guard:
-        guarded = make_guard(getattr(cls, name), name, flag=cfg.has_dict)
+        guarded = _guard.make_guard(getattr(cls, name), name, flag=cfg.has_dict)
         if guarded is not None:
             patch(cls, name, guarded)
     _snapshot.install_copy_hooks(cls)
@@ -312,130 +312,6 @@ def _wrap_transition(
     functools.update_wrapper(method, fn)
     method.__stepfsm_original__ = fn  # type: ignore[attr-defined]
     patch(cls, name, method)
-
-
-_P = inspect.Parameter
-
-
-def _dead() -> None:
-    """What the loaded table's missing entry dereferences to."""
-    return None
-
-
-#: The fast path: one attribute read (the flag) or, without a __dict__, one id() lookup.
-_CHECKS: Final = {
-    True: "not {self}." + LOADED_FLAG,
-    False: "_stepfsm_loaded.get(_stepfsm_id({self}), _stepfsm_dead)() is not {self}",
-}
-_TEMPLATE: Final = """\
-{kw}def {name}({params}):
-    if {check}:
-        {aw}{slow}({self}, {operation!r})
-    return {aw}_stepfsm_fn({call})
-"""
-# A generator method stays a generator function: the check runs at the first next().
-_GENERATOR_TEMPLATE: Final = """\
-def {name}({params}):
-    if {check}:
-        _stepfsm_slow({self}, {operation!r})
-    return (yield from _stepfsm_fn({call}))
-"""
-
-
-def make_guard(
-    fn: Callable[..., Any], operation: str, flag: bool = True
-) -> Callable[..., Any] | None:
-    """Return ``fn`` wrapped so it raises ``NotLoadedError`` unless its step is loaded.
-
-    The wrapper has ``fn``'s exact signature (generated code), so arguments
-    are passed on without repacking. ``flag`` chooses the fast path: the
-    instance's loaded flag (classes with a ``__dict__``) or the registry's
-    table of loaded ids. ``None`` if ``fn`` is already guarded.
-    """
-    if hasattr(fn, "__stepfsm_original__"):
-        return None
-    namespace: dict[str, Any] = {
-        "_stepfsm_id": id,
-        "_stepfsm_loaded": registry.loaded_table(),
-        "_stepfsm_dead": _dead,
-        "_stepfsm_slow": machine.require_loaded,
-        "_stepfsm_aslow": machine.arequire_loaded,
-        "_stepfsm_fn": fn,
-    }
-    source = _guard_source(fn, operation, namespace, _CHECKS[flag])
-    exec(compile(source, f"<stepfsm guard {operation}>", "exec"), namespace)
-    guard: Callable[..., Any] = namespace[operation if operation.isidentifier() else "guarded"]
-    functools.update_wrapper(guard, fn)
-    guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
-    return guard
-
-
-def _guard_source(
-    fn: Callable[..., Any], operation: str, namespace: dict[str, Any], check: str
-) -> str:
-    name = operation if operation.isidentifier() else "guarded"
-    is_async = inspect.iscoroutinefunction(fn)
-    template = _GENERATOR_TEMPLATE if inspect.isgeneratorfunction(fn) else _TEMPLATE
-
-    def render(params: str, self: str, call: str) -> str:
-        return template.format(
-            kw="async " if is_async else "",
-            name=name,
-            params=params,
-            check=check.format(self=self),
-            self=self,
-            operation=operation,
-            aw="await " if is_async else "",
-            slow="_stepfsm_aslow" if is_async else "_stepfsm_slow",
-            call=call,
-        )
-
-    generic = render("self, /, *args, **kwargs", "self", "self, *args, **kwargs")
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return generic
-    if (
-        not params
-        or params[0].kind not in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
-        or any(p.name.startswith("_stepfsm_") for p in params)
-    ):
-        return generic
-    declared: list[str] = []
-    passed: list[str] = []
-    seen_star = False
-    for index, param in enumerate(params):
-        text = param.name
-        if param.default is not _P.empty:
-            namespace[f"_stepfsm_d{index}"] = param.default
-            text += f"=_stepfsm_d{index}"
-        if param.kind is _P.VAR_POSITIONAL:
-            seen_star = True
-            declared.append("*" + param.name)
-            passed.append("*" + param.name)
-            continue
-        if param.kind is _P.VAR_KEYWORD:
-            declared.append("**" + param.name)
-            passed.append("**" + param.name)
-            continue
-        if param.kind is _P.KEYWORD_ONLY:
-            if not seen_star:
-                declared.append("*")
-                seen_star = True
-            declared.append(text)
-            passed.append(f"{param.name}={param.name}")
-            continue
-        if (
-            param.kind is _P.POSITIONAL_OR_KEYWORD
-            and index
-            and params[index - 1].kind is (_P.POSITIONAL_ONLY)
-        ):
-            declared.append("/")
-        declared.append(text)
-        passed.append(param.name)
-    if params[-1].kind is _P.POSITIONAL_ONLY:
-        declared.append("/")
-    return render(", ".join(declared), params[0].name, ", ".join(passed))
 
 
 def _install_subclass_hook(cls: type) -> None:

@@ -1,0 +1,321 @@
+"""Guards: the check that a guarded method's step is loaded, written into the method.
+
+A guarded method must raise ``NotLoadedError`` (or wait out a transition)
+when its step is not loaded, and cost next to nothing when it is. Two ways:
+
+* **Inline** (the usual case): the method's own source is compiled again with
+  one statement in front of its body, ``if not self.__stepfsm_loaded__:
+  <slow path>``, same file, same line numbers, same globals and closure. A
+  call costs one attribute read more than the plain method: no second frame.
+  It is used only when the recompiled body is provably the running one (its
+  bytecode, names and constants equal the original's), so a source file
+  edited after import, a decorated method, or a method without source never
+  gets it.
+* **Wrapper** (otherwise, and for slotted classes): a generated function with
+  the method's exact signature that checks, then calls the original.
+
+Either way the new function carries ``__stepfsm_original__`` (the method as
+written) and the slow path is ``machine.require_loaded`` (``arequire_loaded``
+for ``async def`` methods, which awaits instead of blocking the loop).
+"""
+
+from __future__ import annotations
+import __future__
+
+import ast
+import functools
+import inspect
+import sys
+import textwrap
+import types
+from collections.abc import Callable
+from typing import Any, Final
+
+from . import machine, registry
+from ._settings import LOADED_FLAG
+
+__all__ = ["make_guard"]
+
+_P = inspect.Parameter
+
+
+def _dead() -> None:
+    """What the loaded table's missing entry dereferences to."""
+    return None
+
+
+#: The fast path: one attribute read (the flag) or, without a __dict__, one id() lookup.
+_CHECKS: Final = {
+    True: "not {self}." + LOADED_FLAG,
+    False: "_stepfsm_loaded.get(_stepfsm_id({self}), _stepfsm_dead)() is not {self}",
+}
+_TEMPLATE: Final = """\
+{kw}def {name}({params}):
+    if {check}:
+        {aw}{slow}({self}, {operation!r})
+    return {aw}_stepfsm_fn({call})
+"""
+# A generator method stays a generator function: the check runs at the first next().
+_GENERATOR_TEMPLATE: Final = """\
+def {name}({params}):
+    if {check}:
+        _stepfsm_slow({self}, {operation!r})
+    return (yield from _stepfsm_fn({call}))
+"""
+
+
+def make_guard(
+    fn: Callable[..., Any], operation: str, flag: bool = True
+) -> Callable[..., Any] | None:
+    """Return ``fn`` guarded: it raises ``NotLoadedError`` unless its step is loaded.
+
+    Inline when possible (see the module docstring), else a wrapper with
+    ``fn``'s exact signature (generated code), so arguments are passed on
+    without repacking. ``flag`` chooses the fast path: the instance's loaded
+    flag (classes with a ``__dict__``) or the registry's table of loaded ids
+    (always a wrapper). ``None`` if ``fn`` is already guarded.
+    """
+    if hasattr(fn, "__stepfsm_original__"):
+        return None
+    if flag:
+        inline = _inline(fn, operation)
+        if inline is not None:
+            return inline
+    namespace: dict[str, Any] = {
+        "_stepfsm_id": id,
+        "_stepfsm_loaded": registry.loaded_table(),
+        "_stepfsm_dead": _dead,
+        "_stepfsm_slow": machine.require_loaded,
+        "_stepfsm_aslow": machine.arequire_loaded,
+        "_stepfsm_fn": fn,
+    }
+    source = _guard_source(fn, operation, namespace, _CHECKS[flag])
+    exec(compile(source, f"<stepfsm guard {operation}>", "exec"), namespace)
+    guard: Callable[..., Any] = namespace[operation if operation.isidentifier() else "guarded"]
+    functools.update_wrapper(guard, fn)
+    guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
+    return guard
+
+
+def _guard_source(
+    fn: Callable[..., Any], operation: str, namespace: dict[str, Any], check: str
+) -> str:
+    name = operation if operation.isidentifier() else "guarded"
+    is_async = inspect.iscoroutinefunction(fn)
+    template = _GENERATOR_TEMPLATE if inspect.isgeneratorfunction(fn) else _TEMPLATE
+
+    def render(params: str, self: str, call: str) -> str:
+        return template.format(
+            kw="async " if is_async else "",
+            name=name,
+            params=params,
+            check=check.format(self=self),
+            self=self,
+            operation=operation,
+            aw="await " if is_async else "",
+            slow="_stepfsm_aslow" if is_async else "_stepfsm_slow",
+            call=call,
+        )
+
+    generic = render("self, /, *args, **kwargs", "self", "self, *args, **kwargs")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return generic
+    if (
+        not params
+        or params[0].kind not in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+        or any(p.name.startswith("_stepfsm_") for p in params)
+    ):
+        return generic
+    declared: list[str] = []
+    passed: list[str] = []
+    seen_star = False
+    for index, param in enumerate(params):
+        text = param.name
+        if param.default is not _P.empty:
+            namespace[f"_stepfsm_d{index}"] = param.default
+            text += f"=_stepfsm_d{index}"
+        if param.kind is _P.VAR_POSITIONAL:
+            seen_star = True
+            declared.append("*" + param.name)
+            passed.append("*" + param.name)
+            continue
+        if param.kind is _P.VAR_KEYWORD:
+            declared.append("**" + param.name)
+            passed.append("**" + param.name)
+            continue
+        if param.kind is _P.KEYWORD_ONLY:
+            if not seen_star:
+                declared.append("*")
+                seen_star = True
+            declared.append(text)
+            passed.append(f"{param.name}={param.name}")
+            continue
+        if (
+            param.kind is _P.POSITIONAL_OR_KEYWORD
+            and index
+            and params[index - 1].kind is (_P.POSITIONAL_ONLY)
+        ):
+            declared.append("/")
+        declared.append(text)
+        passed.append(param.name)
+    if params[-1].kind is _P.POSITIONAL_ONLY:
+        declared.append("/")
+    return render(", ".join(declared), params[0].name, ", ".join(passed))
+
+
+# ------------------------------------------------------------------ inline
+
+
+#: The ``from __future__`` features whose compiler flags a recompile must keep.
+_FUTURE_FLAGS: Final = tuple(
+    getattr(__future__, name).compiler_flag for name in __future__.all_feature_names
+)
+_SLOW: Final = "_stepfsm_slow"
+_NESTED: Final = inspect.CO_NESTED
+_OUTER: Final = "_stepfsm_outer"
+
+
+def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None:
+    """``fn`` recompiled with the loaded check as its first statement, or ``None``."""
+    code = getattr(fn, "__code__", None)
+    if (
+        not isinstance(fn, types.FunctionType)
+        or code is None
+        or inspect.isasyncgenfunction(fn)
+        or _SLOW in code.co_freevars
+    ):
+        return None
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    node = tree.body[0] if len(tree.body) == 1 else None
+    if (
+        not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        or node.decorator_list
+        or node.name != code.co_name
+    ):
+        return None
+    params = [*node.args.posonlyargs, *node.args.args]
+    if not params:
+        return None
+    ast.increment_lineno(tree, first - 1)
+    imported = _imported(code, fn.__globals__)
+    if not _same(_compile(node, code, imported), code):  # the source is not what runs
+        return None
+    is_async = isinstance(node, ast.AsyncFunctionDef)
+    call = f"{_SLOW}({params[0].arg}, {operation!r})"
+    check = ast.parse(
+        f"if not {params[0].arg}.{LOADED_FLAG}:\n    {'await ' if is_async else ''}{call}\n"
+    ).body[0]
+    at = node.body[0]
+    for part in ast.walk(check):  # the def line: tracebacks of the check point there
+        if isinstance(part, (ast.stmt, ast.expr)):
+            part.lineno = part.end_lineno = node.lineno
+            part.col_offset, part.end_col_offset = at.col_offset, at.col_offset
+    docstring = ast.get_docstring(node, clean=False) is not None
+    node.body.insert(1 if docstring else 0, check)
+    guarded_code = _compile(node, code, imported, extra=(_SLOW,))
+    if guarded_code is None:
+        return None
+    slow = machine.arequire_loaded if is_async else machine.require_loaded
+    cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=True))
+    cells[_SLOW] = types.CellType(slow)
+    guard = types.FunctionType(
+        guarded_code,
+        fn.__globals__,
+        fn.__name__,
+        fn.__defaults__,
+        tuple(cells[name] for name in guarded_code.co_freevars),
+    )
+    guard.__kwdefaults__ = fn.__kwdefaults__
+    functools.update_wrapper(guard, fn)
+    guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
+    return guard
+
+
+def _imported(code: types.CodeType, namespace: dict[str, Any]) -> list[str]:
+    """The global names ``code`` (or code nested in it) uses that hold modules."""
+    names: set[str] = set()
+    todo = [code]
+    while todo:
+        current = todo.pop()
+        names.update(current.co_names)
+        todo += [c for c in current.co_consts if isinstance(c, types.CodeType)]
+    return sorted(n for n in names if isinstance(namespace.get(n), types.ModuleType))
+
+
+def _compile(
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    code: types.CodeType,
+    imported: list[str],
+    extra: tuple[str, ...] = (),
+) -> types.CodeType | None:
+    """Compile the def ``node`` as ``code`` was: same file, flags and free variables.
+
+    The def is nested in a function that binds each free variable, so the
+    compiler makes them free variables of the def again (``__class__`` for a
+    zero-argument ``super()``, a closure's names), plus ``extra`` names. The
+    ``imported`` names are bound by import statements at the top, as they
+    most likely were in the original module: the compiler calls methods of an
+    imported module differently (the comparison with the original tells).
+    """
+    binds = [
+        ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Constant(None))
+        for name in (*code.co_freevars, *extra)
+    ]
+    outer = ast.FunctionDef(
+        name=_OUTER,
+        args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
+        body=[*binds, node, ast.Return(value=ast.Name(id=node.name, ctx=ast.Load()))],
+        decorator_list=[],
+    )
+    imports: list[ast.stmt] = [
+        ast.Import(names=[ast.alias(name="_stepfsm_module", asname=name)]) for name in imported
+    ]
+    module = ast.Module(body=[*imports, outer], type_ignores=[])
+    ast.fix_missing_locations(module)
+    flags = sum(flag for flag in _FUTURE_FLAGS if code.co_flags & flag)
+    try:
+        compiled = compile(module, code.co_filename, "exec", flags=flags, dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return None
+    outer_code = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
+    codes = [c for c in outer_code.co_consts if isinstance(c, types.CodeType)]
+    inner = next((c for c in codes if c.co_name == node.name), None)
+    if inner is not None and sys.version_info >= (3, 11):
+        inner = inner.replace(co_qualname=code.co_qualname)  # tracebacks name the method
+    return inner
+
+
+def _same(new: types.CodeType | None, old: types.CodeType) -> bool:
+    """Whether ``new`` is ``old`` compiled again (bytecode, names, constants, signature)."""
+    if new is None:
+        return False
+    fields = (
+        "co_code",
+        "co_names",
+        "co_varnames",
+        "co_freevars",
+        "co_cellvars",
+        "co_argcount",
+        "co_posonlyargcount",
+        "co_kwonlyargcount",
+        "co_firstlineno",
+    )
+    if any(getattr(new, name) != getattr(old, name) for name in fields):
+        return False
+    if (new.co_flags | _NESTED) != (old.co_flags | _NESTED):  # compiled nested, here
+        return False
+    if len(new.co_consts) != len(old.co_consts):
+        return False
+    for a, b in zip(new.co_consts, old.co_consts, strict=True):
+        if isinstance(a, types.CodeType) and isinstance(b, types.CodeType):
+            if not _same(a, b):
+                return False
+        elif type(a) is not type(b) or (a != b and a == a):  # NaN is equal to itself here
+            return False
+    return True
