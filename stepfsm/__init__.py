@@ -14,9 +14,12 @@ list; ``tests/unit/test_layout.py`` checks it):
   recovery
 * ``_guard``     guards: the loaded check written into a guarded method
 * ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping
+* ``_travel``    what a pickled step carries to another process (settings, its
+  integration) and what runs there before it is rebuilt
 * ``diagrams``, ``testing``, ``integrations.*``: built on the above,
-  imported only when used (``import stepfsm`` never imports distilabel,
-  graphviz, hypothesis, rich or IPython).
+  imported only when used (``integrations.distilabel``, ``integrations.ray``;
+  ``import stepfsm`` never imports distilabel, ray, graphviz, hypothesis, rich
+  or IPython).
 
 One exception, on purpose: ``Lifecycle`` and ``Status`` draw themselves in
 Jupyter (``_repr_mimebundle_``) with ``diagrams``, imported when Jupyter asks.
@@ -36,6 +39,7 @@ import typing as _typing
 from collections.abc import Iterator as _Iterator
 from typing import Any as _Any
 
+from . import _travel  # wires what a pickled step carries (no public names)
 from ._settings import Configured as Configured
 from ._settings import configure as configure
 from ._settings import is_stateful as is_stateful

@@ -42,6 +42,7 @@ __all__ = [
     "class_config",
     "configure",
     "is_stateful",
+    "layer_of",
     "listeners",
     "patch",
     "resolve",
@@ -82,17 +83,46 @@ class Layer:
     """Policies shared by a family of classes (an integration), between class and global.
 
     ``None`` means "not set here".
+
+    ``home`` names the integration module that owns the layer (its ``LAYER``).
+    A step of the family pickled into another process carries the layer's
+    policies, and that process calls ``home.arrive(policies)`` before the step
+    is rebuilt, so the integration is installed there too (``docs/design.md``,
+    section 13). A layer pickles as a reference to ``home.LAYER``.
     """
 
-    __slots__ = ("on_repeat", "on_unloaded_use", "raise_original", "timeout")
+    __slots__ = ("home", "on_repeat", "on_unloaded_use", "raise_original", "timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, home: str | None = None) -> None:
+        self.home = home
         self.on_repeat: OnRepeat | None = None
         self.on_unloaded_use: OnUnloadedUse | None = None
         self.timeout: float | None = None
         #: a failing load/unload raises the step's own exception instead of
         #: LoadError/UnloadError (the step is still 'failed'); for migration modes
         self.raise_original = False
+
+    def policies(self) -> dict[str, Any]:
+        """The policies set here (``None`` left out): what a pickled step of the family carries."""
+        values = {
+            "on_repeat": self.on_repeat,
+            "on_unloaded_use": self.on_unloaded_use,
+            "timeout": self.timeout,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.home is None:
+            return (Layer, (), (None, {name: getattr(self, name) for name in self.__slots__}))
+        return (layer_of, (self.home,))
+
+
+def layer_of(home: str) -> Layer:
+    """The ``LAYER`` of the integration module ``home`` (how a pickled :class:`Layer` arrives)."""
+    import importlib  # lazily: only unpickling needs it
+
+    layer: Layer = importlib.import_module(home).LAYER
+    return layer
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ only what the load *assigned* is.
 
 Records are keyed by ``id(step)`` and dropped when the step unloads, dies
 (the registry tells :func:`drop`) or a process forks.
+
+The same ``__reduce_ex__`` hooks hand each pickle (and reduce-based copy) to the
+function :func:`on_reduce` registered (``stepfsm._travel``): it wraps the
+rebuild so that the step's settings travel with it (``docs/design.md``, section 13).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "drop",
     "finish",
     "install_copy_hooks",
+    "on_reduce",
     "preload_state",
     "strip",
 ]
@@ -181,6 +186,37 @@ def preload_state(obj: object, state: Values, private: bool = False) -> Values:
 
 # ------------------------------------------------------------------ copy hooks
 
+#: ``fn(step, rebuild, args) -> (rebuild, args)``: what every reduce of a step goes through.
+Reducer = Callable[[Any, Any, Any], tuple[Any, Any]]
+_reducer: Reducer | None = None
+
+
+def on_reduce(fn: Reducer) -> None:
+    """Let ``fn`` replace the rebuild callable and arguments of every reduce of a step."""
+    global _reducer
+    _reducer = fn
+
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
+def _carried(original: Any, copy: Any) -> Any:
+    """``copy`` (a fresh copy of ``original``) given what a pickle of ``original`` would carry."""
+    reducer = _reducer
+    if reducer is None:
+        return copy
+    rebuild, args = reducer(original, _same, (copy,))
+    return rebuild(*args)
+
+
+def _travelling(obj: Any, rv: Any) -> Any:
+    """A ``__reduce_ex__`` result ``rv`` with its rebuild wrapped by the :func:`on_reduce` hook."""
+    reducer = _reducer
+    if reducer is None or not isinstance(rv, tuple) or len(rv) < 2:
+        return rv
+    return (*reducer(obj, rv[0], rv[1]), *rv[2:])
+
 
 def is_pydantic(cls: type) -> bool:
     """Whether ``cls`` is a pydantic v2 model class."""
@@ -207,7 +243,7 @@ def install_copy_hooks(cls: type) -> None:
     def __reduce_ex__(self: Any, protocol: Any) -> Any:
         rv = original(self, protocol)
         if not isinstance(rv, tuple) or len(rv) < 3:
-            return rv
+            return _travelling(self, rv)
         state = rv[2]
         if isinstance(state, dict):
             state = preload_state(self, state)
@@ -219,8 +255,8 @@ def install_copy_hooks(cls: type) -> None:
                 preload_state(self, state[1]),
             )
         else:
-            return rv
-        return (*rv[:2], state, *rv[3:])
+            return _travelling(self, rv)
+        return _travelling(self, (*rv[:2], state, *rv[3:]))
 
     patch(cls, "__reduce_ex__", __reduce_ex__)
     _wrap_own_copiers(cls)
@@ -254,6 +290,7 @@ def _install_pydantic_copy_hooks(cls: type) -> None:
     copy_ = cls.__copy__  # type: ignore[attr-defined]
     deepcopy_ = cls.__deepcopy__  # type: ignore[attr-defined]
     getstate_ = cls.__getstate__  # type: ignore[attr-defined]
+    reduce_: Callable[[Any, Any], Any] = cls.__reduce_ex__  # type: ignore[assignment]
 
     def view(self: Any) -> Any:
         """A shallow stand-in for ``self`` whose attributes have their pre-load values."""
@@ -273,17 +310,21 @@ def _install_pydantic_copy_hooks(cls: type) -> None:
         return stand_in
 
     def __copy__(self: Any) -> Any:
-        return copy_(view(self))
+        return _carried(self, copy_(view(self)))
 
     def __deepcopy__(self: Any, memo: dict[int, Any] | None = None) -> Any:
-        return deepcopy_(view(self), memo)
+        return _carried(self, deepcopy_(view(self), memo))
 
     def __getstate__(self: Any) -> Any:
         return getstate_(view(self))
 
+    def __reduce_ex__(self: Any, protocol: Any) -> Any:  # pickles (copies use the above)
+        return _travelling(self, reduce_(self, protocol))
+
     patch(cls, "__copy__", __copy__)
     patch(cls, "__deepcopy__", __deepcopy__)
     patch(cls, "__getstate__", __getstate__)
+    patch(cls, "__reduce_ex__", __reduce_ex__)
 
 
 def preload_view(obj: Any) -> Any:

@@ -467,6 +467,24 @@ def not_stateful(cls: type) -> TypeError:
     )
 
 
+def ray_missing() -> ImportError:
+    """``stepfsm.integrations.ray`` needs Ray, and it is not installed."""
+    return ImportError(
+        "stepfsm.integrations.ray needs Ray, which is not installed: pip install 'stepfsm[ray]' "
+        "(or pip install ray)."
+    )
+
+
+def ray_not_started(what: str) -> RuntimeError:
+    """A cluster-wide operation of the Ray integration before ``ray.init()``."""
+    return RuntimeError(
+        f"{what} needs this process connected to a Ray cluster, and Ray is not initialised "
+        "here. Call ray.init() first: ray.init() starts a local cluster, "
+        "ray.init(address='auto') joins the one `ray start --head` started on this machine, "
+        "ray.init(address='HOST:6379') a remote one."
+    )
+
+
 def interrupted(step: str, operation: str) -> RuntimeError:
     """The stand-in error of a transition whose interruption stepfsm never saw.
 

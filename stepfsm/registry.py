@@ -302,7 +302,12 @@ def running() -> list[tuple[Lifecycle, str, object]]:
 
 
 class StepStatus(NamedTuple):
-    """One row of :func:`status`."""
+    """One row of :func:`status`.
+
+    ``node``, ``pid`` and ``actor`` say where the step lives; ``status()``
+    leaves them ``None`` (this process), ``cluster_status()`` of the Ray
+    integration fills them in (``docs/design.md``, section 13).
+    """
 
     name: str
     cls: str
@@ -310,16 +315,31 @@ class StepStatus(NamedTuple):
     since: _dt.datetime | None
     load_seconds: float | None
     holders: int
+    node: str | None = None
+    pid: int | None = None
+    actor: str | None = None
 
 
 class Status(tuple[StepStatus, ...]):
-    """The rows of :func:`status`; prints as a table and renders as HTML in Jupyter."""
+    """The rows of :func:`status`; prints as a table and renders as HTML in Jupyter.
+
+    Rows that say where they live (``cluster_status()``) add the columns
+    node, pid and actor.
+    """
 
     _HEAD: Final = ("step", "class", "state", "since", "last load", "holders")
+    _WHERE: Final = ("node", "pid", "actor")
+
+    def _head(self) -> tuple[str, ...]:
+        return self._HEAD + self._WHERE if self._located() else self._HEAD
+
+    def _located(self) -> bool:
+        return any(row.pid is not None for row in self)
 
     def _cells(self) -> Iterator[tuple[str, ...]]:
+        located = self._located()
         for row in self:
-            yield (
+            cells: tuple[str, ...] = (
                 row.name,
                 row.cls,
                 row.state.value,
@@ -327,12 +347,17 @@ class Status(tuple[StepStatus, ...]):
                 f"{row.load_seconds:.3f} s" if row.load_seconds is not None else "-",
                 str(row.holders),
             )
+            if located:
+                pid = str(row.pid) if row.pid is not None else "-"
+                cells += (row.node or "-", pid, row.actor or "-")
+            yield cells
 
     def __str__(self) -> str:
         if not self:
             return "no stateful steps are alive in this process"
-        rows = [self._HEAD, *self._cells()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
+        head = self._head()
+        rows = [head, *self._cells()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = [
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
         ]
@@ -359,7 +384,7 @@ class Status(tuple[StepStatus, ...]):
     def _repr_html_(self) -> str:
         import html
 
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEAD)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._head())
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
             for cells in self._cells()

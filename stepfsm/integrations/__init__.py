@@ -1,1 +1,2 @@
-"""Integrations with other libraries; each imports its library, so import it explicitly."""
+"""Integrations with other libraries, imported explicitly: ``distilabel`` (imports distilabel)
+and ``ray`` (imports Ray when first used)."""

@@ -36,8 +36,18 @@ sets the ``stepfsm`` logger to WARNING when its level is unset; a level you
 set yourself, before or after, wins (``docs/decisions.md``, "stepfsm's INFO
 lines under the distilabel integration"). Warnings still reach that log.
 
-This is the only stepfsm module that imports distilabel (besides the demo's
-``stepfsm._demo_distilabel``, imported only when distilabel is installed).
+Other processes (``docs/design.md``, section 13): a distilabel step pickled
+while the integration is installed carries its policies, and the process
+that unpickles it (a Ray actor, a ``spawn`` worker) calls :func:`arrive`
+before the step is rebuilt, which installs the integration there with the
+sender's policies, unless that process called :func:`install` or
+:func:`uninstall` itself. :func:`install` also makes distilabel's
+``RayPipeline`` end ``run()`` with an error naming the step when a step's
+load fails in its actor (``stepfsm.integrations._distilabel_ray``).
+
+This and ``_distilabel_ray`` are the only stepfsm modules that import
+distilabel (besides the demo's ``stepfsm._demo_distilabel``, imported only
+when distilabel is installed).
 """
 
 from __future__ import annotations
@@ -54,8 +64,9 @@ from distilabel.steps.base import _Step
 from .. import registry
 from .._settings import Layer, OnRepeat, OnUnloadedUse, check_policy
 from ..wrap import install_subclass_hook, make_stateful, unmake_stateful
+from . import _distilabel_ray
 
-__all__ = ["BASES", "LAYER", "install", "installed", "uninstall"]
+__all__ = ["BASES", "LAYER", "arrive", "install", "installed", "uninstall"]
 
 #: The distilabel base classes and the methods guarded on them and their subclasses.
 BASES: Final[dict[type, tuple[str, ...]]] = {
@@ -71,8 +82,12 @@ _installed = False
 _QUIET_LEVEL: Final = logging.WARNING
 #: Whether :func:`install` set the ``stepfsm`` logger's level (so :func:`uninstall` unsets it).
 _quieted = False
-#: The integration's policies (``install(on_repeat=..., on_unloaded_use=...)``).
-LAYER: Final = Layer()
+#: The integration's policies (``install(on_repeat=..., on_unloaded_use=...)``); a
+#: pickled step of the family carries them to :func:`arrive` in the receiving process.
+LAYER: Final = Layer(home=__name__)
+#: Whether this process's own code called install() or uninstall(): arrivals then
+#: leave the integration as it is (the receiving process's own settings win).
+_decided = False
 
 
 def installed() -> bool:
@@ -182,6 +197,30 @@ def install(
     Raises:
         ValueError: an unknown policy name.
     """
+    global _decided
+    _decided = True
+    _install(on_repeat, on_unloaded_use)
+
+
+def arrive(policies: dict[str, Any]) -> None:
+    """Install the integration with a sender's policies, where one of its pickled steps arrives.
+
+    Called by stepfsm when a distilabel step pickled under :func:`install`
+    is unpickled, before the step is rebuilt (``docs/design.md``, section 13):
+    a Ray actor, a ``spawn`` worker or any process that never called
+    :func:`install` ends up with the integration installed, with the
+    sender's ``on_repeat``/``on_unloaded_use``. Does nothing where the process
+    called :func:`install` or :func:`uninstall` itself, or is installed already
+    (the first arrival's policies stay).
+    """
+    if _decided or _installed:
+        return
+    _install(policies.get("on_repeat"), policies.get("on_unloaded_use"))
+    if policies.get("timeout") is not None:
+        LAYER.timeout = policies["timeout"]
+
+
+def _install(on_repeat: OnRepeat | None, on_unloaded_use: OnUnloadedUse | None) -> None:
     global _installed
     for value, what in ((on_repeat, "on_repeat"), (on_unloaded_use, "on_unloaded_use")):
         if value is not None:
@@ -205,6 +244,7 @@ def install(
                     layer=LAYER,
                 )
             install_subclass_hook(base)
+        _distilabel_ray.patch()
         _quiet_stepfsm_log()
         _installed = True
 
@@ -217,16 +257,18 @@ def uninstall() -> None:
     derives from a distilabel base loses that decoration too. The ``stepfsm``
     logger gets its level back (unset), unless you have set one since.
     """
-    global _installed
+    global _installed, _decided
+    _decided = True
     with _lock:
         if not _installed:
             return
+        _distilabel_ray.unpatch()
         classes = [cls for base in BASES for cls in _tree(base)]
         for cls in reversed(classes):
             unmake_stateful(cls)
         bases = tuple(BASES)
         registry.forget_where(lambda step: isinstance(step, bases))
-        LAYER.on_repeat = LAYER.on_unloaded_use = None
+        LAYER.on_repeat = LAYER.on_unloaded_use = LAYER.timeout = None
         LAYER.raise_original = False
         _unquiet_stepfsm_log()
         _installed = False

@@ -87,3 +87,25 @@ def test_default_install_fails_only_with_stepfsm_errors(comparison: dict[str, An
     errors = {t["message"].split(":")[0].removeprefix("stepfsm.errors.") for t in diff["lost"]}
     assert errors <= EXPECTED_ERRORS, comparison["stdout"]
     assert comparison["returncode"] == 0, comparison["stdout"]
+
+
+COMPAT_DOC = Path(__file__).resolve().parents[3] / "docs" / "distilabel-compat.md"
+
+
+def test_the_counts_docs_quote_are_this_runs(comparison: dict[str, Any]) -> None:
+    """docs/distilabel-compat.md quotes this run's counts (they drift when clients are added)."""
+    text = COMPAT_DOC.read_text(encoding="utf-8")
+    for run in ("plain", "warn", "raise"):
+        counts = comparison["runs"][run]["counts"]
+        cells = [str(counts.get(k, 0)) for k in ("passed", "failed", "error", "skipped")]
+        row = next((line for line in text.splitlines() if line.startswith(f"| {run} |")), "")
+        assert row.split("|")[-5:-1] == [f" {c} " for c in cells], (
+            f"docs/distilabel-compat.md's {run!r} row says {row!r}; this run: "
+            f"passed {cells[0]}, failed {cells[1]}, errors {cells[2]}, skipped {cells[3]}"
+        )
+    total = comparison["runs"]["plain"]["counts"]["total"]
+    assert f"`tests/unit`, {total} tests" in text, f"the doc should say {total} tests ran"
+    lost = len(comparison["compare"]["raise"]["lost"])
+    assert f"**Default policies**: {lost} tests" in text, (
+        f"docs/distilabel-compat.md should say {lost} tests fail under the default policies"
+    )

@@ -1,0 +1,403 @@
+"""stepfsm on a real local Ray cluster (docs/design.md §13): every Ray test is in this module.
+
+One cluster for the module (``ray.init(address="local", num_cpus=2,
+include_dashboard=False)``: a new one even if another runs on this machine),
+shut down after it; its wall time is printed at the end. Workers import this
+repository's modules by name (``PYTHONPATH``), as a cluster's nodes import
+your code. What is checked:
+
+* errors: a guarded actor method before ``load()`` is a ``NotLoadedError`` at
+  the caller's ``ray.get`` (plain ``ray.remote`` and ``sr.remote``), a failed
+  load a ``LoadError``, with their attributes;
+* settings travel: a step sent to a task arrives ``unloaded`` with the
+  driver's instance and class policies (a ``warn`` is in force there), also
+  for a class made stateful at run time;
+* ``cluster_status()`` lists the steps of two actors with their pids (and the
+  driver's own), ``cluster_unload_all()`` unloads them; bad input says what
+  to do;
+* distilabel's ``RayPipeline`` with ``install()`` in the driver: every step
+  and LLM is stateful in its actor with the driver's policies, and a failing
+  load ends ``run()`` with an error naming the step and its cause in < 60 s;
+* the benchmarks' targets (``benchmarks/bench_ray.py``): ≤ 5 ms of reporting
+  per transition, ``cluster_status()`` of 100 steps in 4 actors ≤ 200 ms.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stepfsm
+from tests.integration.ray_steps import LateStateful, TinyLLM, inspect_step
+from tests.support import require
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+HAVE_DISTILABEL = importlib.util.find_spec("distilabel") is not None
+#: distilabel's and datasets' caches: read when distilabel is first imported.
+_CACHE = tempfile.mkdtemp(prefix="stepfsm-ray-")
+if "datasets" not in sys.modules:
+    os.environ.setdefault("HF_HOME", os.path.join(_CACHE, "hf"))
+    os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_CACHE, "hf", "datasets"))
+
+
+# ------------------------------------------------------------- bad input first
+
+
+def test_ray_not_installed_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Ray, cluster_status() raises ImportError naming the extra to install."""
+    import stepfsm.integrations.ray as sr
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(ImportError, match=r"needs Ray.*pip install 'stepfsm\[ray\]'"):
+        sr.cluster_status()
+    with pytest.raises(ImportError, match="pip install 'stepfsm"):
+        sr.remote(TinyLLM)
+
+
+def test_ray_not_initialised_says_to_call_ray_init() -> None:
+    """Before ray.init(), each cluster-wide call says what to call first."""
+    require(HAVE_RAY, "ray")
+    import ray
+
+    import stepfsm.integrations.ray as sr
+
+    assert not ray.is_initialized(), "run this before the module's cluster starts"
+    for call in (sr.cluster_status, sr.cluster_unload_all, sr.report_here):
+        with pytest.raises(RuntimeError, match=r"Ray is not initialised here\. Call ray\.init"):
+            call()
+
+
+def test_remote_refuses_a_class_that_is_not_stateful() -> None:
+    require(HAVE_RAY, "ray")
+    import stepfsm.integrations.ray as sr
+
+    with pytest.raises(TypeError, match="decorate it with @stepfsm.stateful"):
+        sr.remote(LateStateful)
+
+
+# ------------------------------------------------------------------ the cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A local Ray cluster for this module; prints the module's wall time at the end."""
+    require(HAVE_RAY, "ray")
+    import ray
+
+    started = time.monotonic()
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved]))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ready = time.monotonic() - started
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"tests/integration/test_ray.py: Ray cluster up in {ready:.1f} s; the module's "
+                f"Ray tests took {time.monotonic() - started:.1f} s"
+            )
+
+
+@pytest.fixture
+def sr(ray_cluster: Any) -> Any:
+    import stepfsm.integrations.ray as module
+
+    return module
+
+
+def wait_for(check: Any, timeout: float = 30.0) -> Any:
+    """Poll ``check()`` until it returns something true (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"still false after {timeout} s: {check}")
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------------- actors
+
+
+def test_a_plain_ray_actor_raises_not_loaded_at_the_callers_ray_get(ray_cluster: Any) -> None:
+    """ray.remote(StatefulClass): a guarded call before load() is a NotLoadedError here."""
+    ray = ray_cluster
+    from ray.exceptions import RayTaskError
+
+    actor = ray.remote(TinyLLM).remote("plain_0")
+    with pytest.raises(stepfsm.NotLoadedError) as caught:
+        ray.get(actor.generate.remote("hi"))
+    error = caught.value
+    assert isinstance(error, RayTaskError)
+    assert (error.step, error.state, error.operation) == (
+        "TinyLLM 'plain_0'",
+        stepfsm.State.UNLOADED,
+        "generate",
+    )
+    assert "is not loaded (state 'unloaded'), so generate() cannot run" in str(error)
+    ray.get(actor.load.remote())
+    assert ray.get(actor.generate.remote("hi")) == "HI"
+    ray.kill(actor)
+
+
+def test_a_failed_load_in_an_actor_is_a_load_error_with_its_cause(ray_cluster: Any) -> None:
+    """The LoadError crosses the process boundary with step, operation and cause."""
+    ray = ray_cluster
+    actor = ray.remote(TinyLLM).remote("broken", fail="CUDA out of memory")
+    with pytest.raises(stepfsm.LoadError) as caught:
+        ray.get(actor.load.remote())
+    error = caught.value
+    assert (error.step, error.operation, error.state) == (
+        "TinyLLM 'broken'",
+        "load",
+        stepfsm.State.FAILED,
+    )
+    assert "failed with OSError: CUDA out of memory" in str(error)
+    # Ray's dual exception: .cause is the stepfsm error itself, whose .cause is the original
+    assert isinstance(error.cause, stepfsm.LoadError)
+    assert repr(error.cause.cause) == "OSError('CUDA out of memory')"
+    with pytest.raises(stepfsm.StepFailedError):
+        ray.get(actor.generate.remote("hi"))
+    ray.kill(actor)
+
+
+def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
+    ray_cluster: Any, sr: Any
+) -> None:
+    """Two sr.remote actors and a driver step: one table, each row with node and pid."""
+    ray = ray_cluster
+    actor_class = sr.remote(TinyLLM)
+    first, second = actor_class.remote("status_a"), actor_class.remote("status_b")
+    with pytest.raises(stepfsm.NotLoadedError):
+        ray.get(first.generate.remote("hi"))
+    ray.get([first.load.remote(), second.load.remote()])
+    pids = ray.get([first.pid.remote(), second.pid.remote()])
+    assert len(set(pids)) == 2
+    assert os.getpid() not in pids
+    local = TinyLLM("status_driver")
+    local.load()
+    table = sr.cluster_status()  # no wait: a settled load is on the board when ray.get returns
+    rows = {row.name: row for row in table}
+    for name, pid in zip(("status_a", "status_b"), pids, strict=True):
+        row = rows[f"TinyLLM '{name}'"]
+        assert (row.state, row.pid, row.cls) == (stepfsm.State.LOADED, pid, "TinyLLM")
+        assert row.node
+        assert row.actor
+        assert row.actor.startswith("TinyLLM ")
+    driver = rows["TinyLLM 'status_driver'"]
+    assert (driver.pid, driver.actor, driver.state) == (os.getpid(), None, stepfsm.State.LOADED)
+    assert isinstance(table, stepfsm.Status)
+    text = str(table)
+    assert "node" in text
+    assert "pid" in text
+    assert str(pids[0]) in text
+    print(table)
+    ray.get(first.unload.remote())
+    after = {row.name: row for row in sr.cluster_status()}
+    assert after["TinyLLM 'status_a'"].state is stepfsm.State.UNLOADED
+    local.unload()
+    for actor in (first, second):
+        ray.kill(actor)
+    wait_for(
+        lambda: not [row for row in sr.cluster_status() if row.pid in pids],
+        timeout=sr.LEASE + sr.GRACE + 10,
+    )
+
+
+def test_cluster_unload_all_unloads_every_process(ray_cluster: Any, sr: Any) -> None:
+    """Loaded steps in two actors and in the driver: all unloaded, each reported once."""
+    ray = ray_cluster
+    actor_class = sr.remote(TinyLLM)
+    actors = [actor_class.remote(f"bulk_{i}") for i in range(2)]
+    ray.get([actor.load.remote() for actor in actors])
+    local = TinyLLM("bulk_driver")
+    local.load()
+    done = sr.cluster_unload_all(timeout=30)
+    names = sorted(step.name for step in done)
+    assert {"TinyLLM 'bulk_0'", "TinyLLM 'bulk_1'", "TinyLLM 'bulk_driver'"} <= set(names)
+    assert len(names) == len(set(names))
+    assert ray.get([actor.state.remote() for actor in actors]) == ["unloaded", "unloaded"]
+    assert stepfsm.state(local) is stepfsm.State.UNLOADED
+    for actor in actors:
+        ray.kill(actor)
+
+
+# ------------------------------------------------------------ settings travel
+
+
+def test_a_step_sent_to_a_task_arrives_unloaded_with_the_drivers_policies(
+    ray_cluster: Any,
+) -> None:
+    """Instance settings travel with the instance: a 'warn' set here is in force there."""
+    ray = ray_cluster
+    step = TinyLLM("travelling")
+    lc = stepfsm.lifecycle(step)
+    lc.on_repeat, lc.timeout = "warn", 7.0
+    step.load()
+    info = ray.get(ray.remote(inspect_step).remote(step))
+    assert info["pid"] != os.getpid()
+    assert (info["state"], info["on_repeat"], info["timeout"]) == ("unloaded", "warn", 7.0)
+    assert info["warnings"] == ["RepeatedLoadWarning"]
+    assert stepfsm.state(step) is stepfsm.State.LOADED, "the driver's step stays loaded"
+    step.unload()
+
+
+def test_a_class_made_stateful_at_run_time_is_stateful_in_the_worker(ray_cluster: Any) -> None:
+    """Class settings travel with the class, even when the worker imports it plain."""
+    ray = ray_cluster
+    stepfsm.stateful(guard=("generate",), on_repeat="warn")(LateStateful)
+    try:
+        info = ray.get(ray.remote(inspect_step).remote(LateStateful()))
+    finally:
+        from stepfsm.wrap import unmake_stateful
+
+        unmake_stateful(LateStateful)
+    assert info["stateful"], "the worker got a plain LateStateful"
+    assert (info["state"], info["on_repeat"], info["warnings"]) == (
+        "unloaded",
+        "warn",
+        ["RepeatedLoadWarning"],
+    )
+
+
+# ------------------------------------------------------------------ distilabel
+
+
+@pytest.fixture
+def distilabel(ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The distilabel integration installed for one test; caches and the root logger restored."""
+    require(HAVE_DISTILABEL, "distilabel")
+    monkeypatch.setenv("DISTILABEL_CACHE_DIR", str(tmp_path / "distilabel"))
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    import stepfsm.integrations.distilabel as sd
+
+    was_installed = sd.installed()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield sd
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    if not was_installed:
+        sd.uninstall()
+
+
+def _pipeline(name: str, cache: Path, last: Any) -> Any:
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+
+    from tests.integration.distilabel import offline
+
+    with Pipeline(name=name, cache_dir=str(cache)) as pipeline:
+        data = LoadDataFromDicts(data=[{"instruction": i} for i in offline.INSTRUCTIONS])
+        data >> last()
+    return pipeline.ray()
+
+
+def test_ray_pipeline_steps_and_llms_are_stateful_in_their_actors(
+    distilabel: Any, tmp_path: Path
+) -> None:
+    """install() in the driver only: in the actor, TextGeneration and the LLM are stateful,
+    with the driver's on_repeat='warn'; cluster_status() shows both actors."""
+    from distilabel.steps.tasks import TextGeneration
+
+    from tests.integration.ray_distilabel_steps import WhereLLM
+
+    distilabel.install(on_repeat="warn")
+    pipeline = _pipeline("stepfsm-ray-ok", tmp_path, lambda: TextGeneration(llm=WhereLLM()))
+    started = time.monotonic()
+    result = pipeline.run(use_cache=False)
+    took = time.monotonic() - started
+    reports = [json.loads(text) for text in result["default"]["train"]["generation"]]
+    assert len(reports) == 5
+    for report in reports:
+        assert report["pid"] != os.getpid()
+        assert report["installed"], report
+        assert report["TextGeneration"], report
+        assert report["llm"], report
+        assert (report["state"], report["on_repeat"]) == ("loaded", "warn")
+    print(f"RayPipeline.run() with stepfsm installed: {took:.1f} s")
+
+
+def test_a_failing_load_ends_the_ray_pipeline_with_a_clear_error(
+    distilabel: Any, tmp_path: Path
+) -> None:
+    """A step whose load raises before super().load(): run() raises, naming the step and
+    the cause, within 60 s (distilabel alone hangs; docs/distilabel.md)."""
+    from tests.integration.distilabel import offline
+
+    distilabel.install()
+    pipeline = _pipeline("stepfsm-ray-fail", tmp_path, offline.EarlyFailStep)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as caught:
+        pipeline.run(use_cache=False)
+    took = time.monotonic() - started
+    text = str(caught.value)
+    assert "Failed to load all the steps" in text
+    assert "step 'early_fail_step_0' failed to load" in text
+    assert "OSError: model file not found (pretend)" in text
+    cause = caught.value.__cause__
+    assert isinstance(cause, stepfsm.LoadError)
+    assert cause.step == "EarlyFailStep 'early_fail_step_0'"
+    assert took < 60, f"the run took {took:.0f} s to report the failed load"
+    print(f"RayPipeline.run() with a failing load raised after {took:.1f} s")
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_ray", ROOT / "benchmarks" / "bench_ray.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reporting_costs_at_most_5_ms_per_transition(ray_cluster: Any) -> None:
+    bench = _bench()
+    without, with_, overhead = bench.reporting_overhead(ray_cluster, cycles=100)
+    print(
+        f"load/unload cycle in an actor: {without * 1e3:.3f} ms without reporting, "
+        f"{with_ * 1e3:.3f} ms with: {overhead * 1e3:.3f} ms per transition"
+    )
+    assert overhead <= bench.TRANSITION_BUDGET_S
+
+
+def test_cluster_status_of_100_steps_in_4_actors_takes_at_most_200_ms(ray_cluster: Any) -> None:
+    bench = _bench()
+    median, rows, pids = bench.status_time(ray_cluster)
+    print(f"cluster_status() with {rows} steps across {len(pids)} actors: {median * 1e3:.1f} ms")
+    assert rows == 100
+    assert len(pids) == 4
+    assert median <= bench.STATUS_BUDGET_S

@@ -1,0 +1,88 @@
+"""What a ``spawn`` child reports about the steps it unpickled (``test_travel.py``).
+
+This module imports ``stepfsm`` and nothing of its integrations: whatever
+integration a step needs must arrive with the step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import stepfsm
+
+
+@stepfsm.stateful(guard=("generate",))
+class Tiny:
+    """A decorated step (stateful wherever this module is imported)."""
+
+    def __init__(self, name: str = "tiny") -> None:
+        self.name = name
+        self.model: Any = None
+
+    def load(self) -> None:
+        self.model = str.upper
+
+    def unload(self) -> None:
+        self.model = None
+
+    def generate(self, prompt: str) -> str:
+        return str(self.model(prompt))
+
+
+class Late:
+    """A plain class: the parent makes it stateful at run time; a child imports it plain."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+
+    def load(self) -> None:
+        self.model = "weights"
+
+    def unload(self) -> None:
+        self.model = None
+
+    def generate(self) -> str:
+        return str(self.model)
+
+
+def report(step: Any) -> dict[str, Any]:
+    """The child's view of ``step``: its process, state, policies, and a double load."""
+    distilabel = sys.modules.get("stepfsm.integrations.distilabel")
+    info: dict[str, Any] = {
+        "pid": os.getpid(),
+        "stateful": stepfsm.is_stateful(step),
+        "integrations": sorted(m for m in sys.modules if m.startswith("stepfsm.integrations.")),
+        "distilabel_installed": distilabel is not None and distilabel.installed(),
+    }
+    if not info["stateful"]:
+        return info
+    lc = stepfsm.lifecycle(step)
+    info.update(
+        state=lc.state.value,
+        on_repeat=lc.on_repeat,
+        on_unloaded_use=lc.on_unloaded_use,
+        timeout=lc.timeout,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            step.load()
+            step.load()
+        except stepfsm.AlreadyLoadedError:
+            info["second_load"] = "AlreadyLoadedError"
+        else:
+            info["second_load"] = "no error"
+        finally:
+            stepfsm.lifecycle(step).unload()
+    info["warnings"] = sorted({type(w.message).__name__ for w in caught})
+    return info
+
+
+def install_distilabel() -> None:
+    """A child's own ``install()`` (defaults), before any step arrives: it must win."""
+    import stepfsm.integrations.distilabel as sd
+
+    sd.install()
