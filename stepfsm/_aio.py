@@ -12,7 +12,12 @@ a claim, a long synchronous load or a listener:
   loop (where the step's clients live), marked in its context as running that
   lifecycle's operation (:func:`running`), and the thread waits for it.
 * :func:`wait` awaits a shared future per loop that the engine resolves from
-  any thread (:func:`wake`) when a claim is released.
+  any thread (:func:`wake`) when a claim is released; :func:`watch` is the
+  one timer per future that resolves it early when the claim it waits out
+  is abandoned (the waiting tasks do not poll, however many there are).
+* :class:`Handoff` hands a result the worker produced (a hold) to the task,
+  unless the task was cancelled first; :func:`detached` lets a worker whose
+  task was cancelled still run clean-up code on the task's loop.
 
 ``asyncio`` is imported on first use: ``import stepfsm`` stays light.
 """
@@ -22,14 +27,26 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
     import concurrent.futures
 
-__all__ = ["Link", "bridging", "in_thread", "run_coroutine", "running", "wait", "wake"]
+__all__ = [
+    "Handoff",
+    "Link",
+    "bridging",
+    "cancelled",
+    "detached",
+    "in_thread",
+    "run_coroutine",
+    "running",
+    "wait",
+    "wake",
+    "watch",
+]
 
 R = TypeVar("R")
 
@@ -49,7 +66,7 @@ def running() -> tuple[object, ...]:
 class Link:
     """A worker thread's tie to the task that awaits it."""
 
-    __slots__ = ("cancelled", "inner", "lock", "loop")
+    __slots__ = ("cancelled", "inner", "lock", "loop", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -57,15 +74,25 @@ class Link:
         self.cancelled = False
         #: the future of the async user code the thread runs on ``loop``, while it runs
         self.inner: concurrent.futures.Future[Any] | None = None
+        #: the task on ``loop`` that runs that code, once it started (set on the loop)
+        self.task: asyncio.Task[Any] | None = None
 
     def cancel(self) -> bool:
-        """The task was cancelled: cancel its async user code; ``False`` if none runs."""
+        """On the loop, the task was cancelled: cancel its async user code; ``False`` if none.
+
+        The user code's task is cancelled, not the future the thread waits on:
+        the thread (and with it the operation) goes on until that code has
+        really ended, its ``finally`` blocks and ``await``-ed clean-up included.
+        A task that has not started yet sees ``cancelled`` and never runs it.
+        """
         with self.lock:
             self.cancelled = True
             inner = self.inner
         if inner is None:
             return False
-        inner.cancel()
+        task = self.task
+        if task is not None:
+            task.cancel()
         return True
 
 
@@ -102,6 +129,8 @@ async def in_thread(fn: Callable[[], R], settle: bool = True) -> R:
     def work() -> None:
         _LOCAL.link = link
         try:
+            if link.cancelled:  # the task was cancelled before this thread started: skip fn
+                raise cancelled()
             outcome: tuple[bool, Any] = (True, context.run(fn))
         except BaseException as error:  # handed to the awaiting task
             outcome = (False, error)
@@ -114,6 +143,7 @@ async def in_thread(fn: Callable[[], R], settle: bool = True) -> R:
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:
+        done.add_done_callback(_dropped)  # nobody takes the outcome: never "not retrieved"
         if link.cancel() and settle:
             while not done.done():  # the coroutine's clean-up, then the state settles
                 try:
@@ -123,6 +153,12 @@ async def in_thread(fn: Callable[[], R], settle: bool = True) -> R:
                 except BaseException:
                     break
         raise
+
+
+def _dropped(future: asyncio.Future[Any]) -> None:
+    """Mark an outcome nobody awaits any more as seen (asyncio logs unseen exceptions)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def run_coroutine(coro: Coroutine[Any, Any, R], marker: object) -> R:
@@ -145,7 +181,7 @@ def run_coroutine(coro: Coroutine[Any, Any, R], marker: object) -> R:
         if link.cancelled:
             coro.close()
             raise asyncio.CancelledError
-        inner = asyncio.run_coroutine_threadsafe(_marked(coro, marker), link.loop)
+        inner = asyncio.run_coroutine_threadsafe(_marked(coro, marker, link), link.loop)
         link.inner = inner
     try:
         return inner.result()
@@ -155,26 +191,117 @@ def run_coroutine(coro: Coroutine[Any, Any, R], marker: object) -> R:
         link.inner = None
 
 
-async def _marked(coro: Coroutine[Any, Any, R], marker: object) -> R:
-    _RUNNING.set((*_RUNNING.get(), marker))  # this task's own context: no reset needed
-    return await coro
-
-
-async def wait(future: asyncio.Future[None], timeout: float) -> None:
-    """Await the shared ``future`` for at most ``timeout`` seconds (never cancelling it)."""
+async def _marked(coro: Coroutine[Any, Any, R], marker: object, link: Link) -> R:
     import asyncio
 
+    if link.cancelled:  # cancelled between run_coroutine() and this task's start
+        coro.close()
+        raise asyncio.CancelledError
+    _RUNNING.set((*_RUNNING.get(), marker))  # this task's own context: no reset needed
+    link.task = asyncio.current_task()
+    try:
+        return await coro
+    finally:
+        link.task = None
+
+
+def cancelled() -> BaseException:
+    """The :class:`asyncio.CancelledError` a worker raises for a task that gave up."""
+    import asyncio
+
+    return asyncio.CancelledError()
+
+
+@contextlib.contextmanager
+def detached(always: bool = False) -> Iterator[None]:
+    """In a worker: run the block with a fresh link to its loop, out of the task's reach.
+
+    For clean-up that a cancellation of the task must not cut short (releasing
+    the holds a failed load took, the hold of an ``async with`` block): the
+    block does not give up waiting for the step, and async user code it runs
+    goes ahead on the loop instead of being refused or cancelled. Without
+    ``always``, only once the task has been cancelled. Outside a worker it
+    does nothing.
+    """
+    link = bridging()
+    if link is None or not (always or link.cancelled):
+        yield
+        return
+    _LOCAL.link = Link(link.loop)
+    try:
+        yield
+    finally:
+        _LOCAL.link = link
+
+
+class Handoff:
+    """A result a worker hands to its task, unless the task left (was cancelled) first.
+
+    Exactly one side ends up owning it: the worker if :meth:`give` returns
+    ``False``, the task if :meth:`take_back` returns ``True``.
+    """
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = ""  # "", "given" or "left"
+
+    def give(self) -> bool:
+        """In the worker, once the result exists: ``False`` if the task has left."""
+        with self._lock:
+            if self._state:
+                return False
+            self._state = "given"
+            return True
+
+    def take_back(self) -> bool:
+        """In the task, leaving early: ``True`` if the worker had given the result already."""
+        with self._lock:
+            if self._state:
+                return True
+            self._state = "left"
+            return False
+
+
+async def wait(event: asyncio.Event, timeout: float | None) -> None:
+    """Await the shared ``event`` (one future per waiting task, set in one pass).
+
+    At most ``timeout`` seconds if given. A cancelled waiter drops only its own
+    future: the event and the other waiters are untouched.
+    """
+    import asyncio
+
+    if timeout is None:
+        await event.wait()
+        return
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.shield(future), timeout)
+        await asyncio.wait_for(event.wait(), timeout)
 
 
-def wake(futures: dict[asyncio.AbstractEventLoop, asyncio.Future[None]]) -> None:
-    """Resolve each loop's shared future, from any thread."""
-    for loop, future in futures.items():
+def watch(
+    event: asyncio.Event, loop: asyncio.AbstractEventLoop, still: Callable[[], bool], every: float
+) -> None:
+    """On ``loop``, every ``every`` seconds: set ``event`` unless ``still()`` holds.
+
+    One timer per shared event, so the tasks waiting on it need no timeout
+    of their own (1,000 waiting tasks would otherwise wake up every
+    ``every`` seconds and stall the loop). It stops once the event is set.
+    """
+
+    def check() -> None:
+        if event.is_set():
+            return
+        if still():
+            loop.call_later(every, check)
+        else:
+            event.set()
+
+    loop.call_later(every, check)
+
+
+def wake(events: dict[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+    """Set each loop's shared event, from any thread."""
+    for loop, event in events.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: its waiters are gone
-            loop.call_soon_threadsafe(_resolve, future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+            loop.call_soon_threadsafe(event.set)

@@ -109,6 +109,10 @@ _get_ident: Final = threading.get_ident
 _getframe: Final = sys._getframe
 _wall: Final = time.time
 _monotonic: Final = time.monotonic
+_find: Final = registry.find
+_log_enabled: Final = log.isEnabledFor
+_DEBUG: Final = logging.DEBUG
+_INFO: Final = logging.INFO
 
 #: ``(frame of the operation holding the claim, its thread id)``
 Claim = tuple[FrameType, int]
@@ -294,7 +298,7 @@ class Lifecycle:
         self._own: dict[str, Any] | None = None  # the instance's own settings
         self._waiters: list[Any] = []
         #: event loop -> the future its waiting tasks share (async operations)
-        self._awaiters: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._awaiters: dict[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._user: Claim | None = None  # the claim whose user load/unload code is running
         self._ret: tuple[Any] | None = None  # set when the user's code of a transition returns
 
@@ -377,6 +381,10 @@ class Lifecycle:
         if own is None:
             own = self._own = {}
         own[name] = value
+
+    def own_settings(self) -> dict[str, Any]:
+        """The settings made on this instance, not inherited (what a pickle of the step carries)."""
+        return {key: value for key, value in (self._own or {}).items() if value is not None}
 
     @property
     def on_repeat(self) -> OnRepeat:
@@ -485,7 +493,7 @@ class Lifecycle:
         if stack:
             parent = self._parent(stack)
             if parent is not None:
-                return self._acquire(parent._hold_key, parent.name, parent)
+                return self._acquire(parent._key(), parent.name, parent)
         if self._state is _LOADED:
             return False
         claim = self._claim("ensure_loaded")
@@ -729,8 +737,17 @@ class Lifecycle:
         held = _CLAIMS.get(self)
         if held is not None and self._in_task():
             return  # inside the step's own async load/unload: pass through
-        await self._await_free(operation)
-        self._refuse_use(self._state, operation)
+        while True:
+            await self._await_free(operation)
+            # Read the state under a claim, as the sync path does: between the
+            # wait and the read another operation may start (a reload() would
+            # show 'unloaded' or 'loading' to a call that no order explains).
+            claim = (_getframe(), _get_ident())
+            if _CLAIMS.setdefault(self, claim) is claim:
+                state = self._state
+                self._end(claim)
+                self._refuse_use(state, operation)
+                return
 
     async def _acall_load(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
         """A call of the object's wrapped async load ``fn`` (or :meth:`aload`)."""
@@ -753,12 +770,21 @@ class Lifecycle:
         if mine == "unload" and self._state is _UNLOADING:  # a super().unload() in our own
             return await fn(self.owner_ref(), *args, **kwargs)
         self._not_in_task("unload", mine)
+        running = _aio.running()  # inside another step's async load/unload: that step's release
+        holder: Lifecycle | None = running[-1][0] if running else None  # type: ignore[index]
         await self._await_free("unload")
-        return await _aio.in_thread(lambda: self._call_unload(fn, args, kwargs, force))
+        return await _aio.in_thread(lambda: self._call_unload(fn, args, kwargs, force, holder))
+
+    def _key(self) -> object:
+        """The holder key of this step's current load (the holds it takes on children)."""
+        key = self._hold_key
+        if key is None:
+            key = self._hold_key = _ParentKey()
+        return key
 
     def _acquire_for(self, parent: Lifecycle) -> bool:
         """An acquire by ``parent``, whose load is running (its holds are released with it)."""
-        return self._acquire(parent._hold_key, parent.name, parent)
+        return self._acquire(parent._key(), parent.name, parent)
 
     def _sync_allowed(self, operation: str) -> None:
         """An async step's operation runs synchronously only in a worker of an async one."""
@@ -808,19 +834,24 @@ class Lifecycle:
             timeout = self.timeout
             if deadline is None and timeout is not None and timeout != math.inf:
                 deadline = _monotonic() + timeout
-            pause = _SLICE
+            pause: float | None = None  # no slices: one watcher per future looks for abandonment
             if deadline is not None:
-                pause = min(pause, deadline - _monotonic())
+                pause = deadline - _monotonic()
                 if pause <= 0:
                     raise TransitionInProgressError(self.name, self._state, operation, timeout)
             awaiters = self._awaiters
             if awaiters is None:
                 awaiters = self._awaiters = {}
-            future = awaiters.get(loop)
-            if future is None or future.done():
-                future = awaiters[loop] = loop.create_future()
+            event = awaiters.get(loop)
+            if event is None or event.is_set():
+                event = awaiters[loop] = asyncio.Event()
+                _aio.watch(event, loop, self._still_held(held), _SLICE)
             if _CLAIMS.get(self) is held:  # registered before this check: no lost wake-up
-                await _aio.wait(future, pause)
+                await _aio.wait(event, pause)
+
+    def _still_held(self, held: Claim) -> Callable[[], bool]:
+        """A check that ``held`` is still this lifecycle's claim, and alive."""
+        return lambda: _CLAIMS.get(self) is held and _alive(held)
 
     # --------------------------------------------------- wrapped load/unload
 
@@ -835,7 +866,7 @@ class Lifecycle:
         if stack:
             parent = self._parent(stack)
             if parent is not None:
-                self._acquire(parent._hold_key, parent.name, parent)
+                self._acquire(parent._key(), parent.name, parent)
                 return None
         claim = self._claim("load")
         try:
@@ -857,9 +888,18 @@ class Lifecycle:
             self._end(claim)
 
     def _call_unload(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, force: bool = False
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Any,
+        force: bool = False,
+        holder: Lifecycle | None = None,
     ) -> Any:
-        """A call of the object's wrapped unload method ``fn`` (or :meth:`unload`)."""
+        """A call of the object's wrapped unload method ``fn`` (or :meth:`unload`).
+
+        Inside another step's load or unload (on this thread, or ``holder``'s
+        async one), it first drops a hold that step's load took.
+        """
         held = _CLAIMS.get(self)
         if held is not None and held[1] == _get_ident() and self._user is held and _alive(held):
             if self._state is _UNLOADING:  # a super().unload() inside our own unload
@@ -867,7 +907,9 @@ class Lifecycle:
             raise TransitionInProgressError(self.name, self._state, "unload", None)
         stack = registry.running()
         top = self._top(stack) if stack else None
-        key = top[0]._hold_key if top is not None and top[0] is not self else None
+        if top is not None:
+            holder = top[0]
+        key = holder._key() if holder is not None and holder is not self else None
         claim = self._claim("unload")
         try:
             if key is not None and self._drop_hold(key):
@@ -911,6 +953,7 @@ class Lifecycle:
     def _claim_slow(self, claim: Claim, held: Claim, operation: str) -> Claim:
         deadline: float | None = None
         waiter: Any = None
+        link = _aio.bridging()  # a worker of an async operation: its task may be cancelled
         try:
             while True:
                 if not _alive(held):
@@ -941,6 +984,8 @@ class Lifecycle:
                                 )
                         if waiter.acquire(True, pause):  # woken: listen for the next release
                             self._waiters.append(waiter)
+                    if link is not None and link.cancelled and not self._top(registry.running()):
+                        raise _aio.cancelled()  # its task gave up waiting: never start it
                 held = _CLAIMS.setdefault(self, claim)
                 if held is claim:
                     return claim
@@ -1053,7 +1098,7 @@ class Lifecycle:
             if other is not None:  # before begin_load: an error filter leaves the state alone
                 emit(DuplicateLoadWarning(self.name, other.name, other._since))
         self._config = config
-        self._hold_key = _ParentKey()
+        self._hold_key = None  # a new key when this load first takes a hold (see _key)
         self._ret = None
         _snapshot.begin(owner, cfg)
         self._fire("begin_load")
@@ -1183,7 +1228,7 @@ class Lifecycle:
         self._fire("finish_load")
         self._load_s = max(0.0, (self._since or 0.0) - self._began)
         self._error = self._cleanup_error = None
-        if log.isEnabledFor(logging.INFO):
+        if _log_enabled(_INFO):
             log.info("loaded %s in %.3f s", self.name, self._load_s)
 
     def _finish_unload(self) -> None:
@@ -1193,7 +1238,7 @@ class Lifecycle:
         _snapshot.drop(self.owner_ref.key)
         self._error = self._cleanup_error = None
         self._children_due()
-        if log.isEnabledFor(logging.INFO):
+        if _log_enabled(_INFO):
             took = max(0.0, (self._since or 0.0) - self._began)
             log.info("unloaded %s in %.3f s", self.name, took)
 
@@ -1217,9 +1262,8 @@ class Lifecycle:
     def _fire(self, trigger: Trigger, error: BaseException | None = None) -> None:
         """With the claim held: fire ``trigger`` on the engine and record it."""
         source = self._state
-        owner = self.owner_ref()
         if source is _LOADED:
-            registry.mark_unloaded(self, owner)  # guards stop passing first
+            registry.mark_unloaded(self, self.owner_ref())  # guards stop passing first
         state = _engine.fire(self, trigger, source)
         self._state = state
         wall = _wall()
@@ -1244,8 +1288,10 @@ class Lifecycle:
                 ),
             )
         self._since = wall
-        if state is _LOADED and owner is not None:
-            registry.mark_loaded(self, owner, self._config)  # the guards' flag comes last
+        if state is _LOADED:
+            owner = self.owner_ref()
+            if owner is not None:
+                registry.mark_loaded(self, owner, self._config)  # the guards' flag comes last
         history = self._history
         if history is None:
             history = self._history = deque(maxlen=_settings.history_size())
@@ -1254,7 +1300,7 @@ class Lifecycle:
             if self._outbox is None:
                 self._outbox = []
             self._outbox.append(record)
-        if log.isEnabledFor(logging.DEBUG):
+        if _log_enabled(_DEBUG):
             log.debug("%s: %s %s -> %s", self.name, trigger, source.value, state.value)
 
     def _deliver(self) -> None:
@@ -1328,7 +1374,8 @@ class Lifecycle:
                 break
             child, key = entry
             try:
-                child._release(key)
+                with _aio.detached():  # a cancelled task's worker: the child's unload still runs
+                    child._release(key)
             except StepStateError:  # a forced unload of the child evicted us already
                 pass
             except Exception:
@@ -1441,12 +1488,12 @@ def lifecycle(obj: object) -> Lifecycle:
 
 def call_load(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
     """A call of ``obj``'s wrapped load method, whose own code is ``fn`` (``wrap`` uses it)."""
-    return lifecycle(obj)._call_load(fn, args, kwargs)
+    return (_find(obj) or lifecycle(obj))._call_load(fn, args, kwargs)
 
 
 def call_unload(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
     """A call of ``obj``'s wrapped unload method, whose own code is ``fn`` (``wrap`` uses it)."""
-    return lifecycle(obj)._call_unload(fn, args, kwargs)
+    return (_find(obj) or lifecycle(obj))._call_unload(fn, args, kwargs)
 
 
 def require_loaded(obj: object, operation: str) -> None:
@@ -1486,7 +1533,21 @@ class AsyncLoaded:
         lc = self._lifecycle
         lc._not_in_task("loaded")
         await lc._await_free("loaded")
-        await _aio.in_thread(lambda: lc._acquire(self._token, lc._label(self._token)))
+        token = self._token
+        handoff = _aio.Handoff()
+
+        def acquire() -> None:
+            lc._acquire(token, lc._label(token))
+            if not handoff.give():  # the task was cancelled meanwhile: the block never runs
+                with _aio.detached():
+                    lc._release(token)
+
+        try:
+            await _aio.in_thread(acquire)
+        except BaseException:
+            if handoff.take_back():  # the hold is ours, but the block will not run
+                await _aio.in_thread(lambda: lc._release(token))
+            raise
         return lc.owner_ref()
 
     async def __aexit__(
@@ -1496,8 +1557,13 @@ class AsyncLoaded:
         traceback: TracebackType | None,
     ) -> None:
         lc = self._lifecycle
-        await lc._await_free("loaded")
-        await _aio.in_thread(lambda: lc._release(self._token))
+        token = self._token
+
+        def release() -> None:  # waits for the step in the worker, even if the task is cancelled
+            with _aio.detached(always=True):
+                lc._release(token)
+
+        await _aio.in_thread(release)
 
     def __enter__(self) -> Any:
         raise async_with_needed(self._lifecycle.name)

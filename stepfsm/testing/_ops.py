@@ -5,6 +5,8 @@ Shared by every other module of :mod:`stepfsm.testing`; imports none of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final, Literal, NamedTuple, get_args
 
 # The kit's one import from a private stepfsm module: the type of
@@ -13,15 +15,20 @@ from typing import Final, Literal, NamedTuple, get_args
 from .._settings import OnRepeat
 
 __all__ = [
+    "ASYNC_OPS",
     "BEHAVIOURS",
     "OPS",
     "OUTCOMES",
+    "SYNC_TWIN",
+    "AnyOp",
+    "AsyncOp",
     "Behaviour",
     "Kind",
     "OnRepeat",
     "Op",
     "Outcome",
     "Ran",
+    "model_op",
 ]
 
 #: How one call of the step's own load or unload code ends.
@@ -43,6 +50,49 @@ Op = Literal[
     "copy",
 ]
 OPS: Final[tuple[Op, ...]] = get_args(Op)
+
+#: The awaited operations (docs/design.md §10). Each follows §2 exactly as its
+#: synchronous twin (:data:`SYNC_TWIN`) does, so the model judges it as that
+#: twin; only "wait" means awaiting instead of blocking. ``aenter``/``aexit``
+#: enter and leave an ``async with aloaded(step):`` block (an ``acquire()`` and
+#: a ``release()`` by the block); ``ause`` is an ``async def`` guarded call (or
+#: ``await lifecycle.arequire_loaded()``).
+AsyncOp = Literal[
+    "aload",
+    "aensure_loaded",
+    "aunload",
+    "aunload_force",
+    "areload",
+    "areload_force",
+    "aenter",
+    "aexit",
+    "ause",
+]
+ASYNC_OPS: Final[tuple[AsyncOp, ...]] = get_args(AsyncOp)
+#: Any operation, synchronous or awaited.
+AnyOp = Op | AsyncOp
+#: The model operation that judges each awaited one.
+SYNC_TWIN: Final[Mapping[AsyncOp, Op]] = MappingProxyType(
+    {
+        "aload": "load",
+        "aensure_loaded": "ensure_loaded",
+        "aunload": "unload",
+        "aunload_force": "unload_force",
+        "areload": "reload",
+        "areload_force": "reload_force",
+        "aenter": "acquire",
+        "aexit": "release",
+        "ause": "use",
+    }
+)
+
+
+def model_op(op: AnyOp) -> Op:
+    """The model operation ``op`` is judged as: itself, or an awaited one's sync twin."""
+    if op in SYNC_TWIN:
+        return SYNC_TWIN[op]  # type: ignore[index]
+    return op  # type: ignore[return-value]
+
 
 #: Which of the step's own methods ran.
 Kind = Literal["load", "unload"]

@@ -3,6 +3,8 @@
 A :class:`Call` is one completed call of a concurrent history, with what it
 observed; :func:`linearize` searches for an order of the calls that respects
 real time and in which the model gives every call the result it observed.
+Awaited calls (``aload``...) take part like any other: the model judges each
+as its synchronous twin, whether a thread or a task made it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ._ops import OnRepeat, Op, Outcome
+from ._ops import AnyOp, OnRepeat, Outcome
 from .model import Config, candidates
 from .observer import Observed, mismatches
 
@@ -25,7 +27,7 @@ class Call:
     that responded before another was invoked must come first in any order.
     """
 
-    op: Op
+    op: AnyOp
     invoked: int
     responded: int
     observed: Observed

@@ -1,24 +1,27 @@
 """The hypothesis state machine that drives real objects against the model, and its test factory.
 
 :class:`LifecycleMachine` drives several instances of a class, their copies
-and pickles, and a few threads through random operations, checking every
-call with :mod:`stepfsm.testing.observer` (and the concurrent rule with
+and pickles, and a few threads and asyncio tasks through random operations,
+synchronous and awaited, checking every call with
+:mod:`stepfsm.testing.observer` (and the concurrent rules with
 :mod:`stepfsm.testing.linearizer`) and every object after each rule.
 :func:`check_lifecycle` builds one for a factory and runs it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy as _copy
 import itertools
 import pickle
 import sys
 import threading
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, NoReturn
+from typing import Any, ClassVar, Final, Literal, NoReturn, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -42,12 +45,25 @@ from ..errors import (
 from ..machine import TransitionRecord, lifecycle
 from ..states import State
 from ..wrap import is_stateful
-from ._ops import OPS, OnRepeat, Op, Outcome, Ran
+from ._ops import ASYNC_OPS, OPS, AnyOp, AsyncOp, OnRepeat, Op, Outcome, Ran
 from .linearizer import Call, linearize
 from .model import Config, Result, candidates
-from .observer import Observed, default_use, mismatches, perform, ran_from, records_after
+from .observer import (
+    Observed,
+    aperform,
+    caller,
+    default_ause,
+    default_use,
+    is_async_step,
+    mismatches,
+    perform,
+    ran_from,
+    records_after,
+)
 
 __all__ = ["STEP", "LifecycleMachine", "Tracked", "check_lifecycle"]
+
+R = TypeVar("R")
 
 #: Rule argument that picks one of the machine's live objects (taken modulo their number).
 STEP: Final = st.integers(min_value=0, max_value=7)
@@ -62,8 +78,54 @@ _CONCURRENT_OPS: Final[tuple[Op, ...]] = (
     "release",
     "use",
 )
-_LOADS: Final = frozenset({"load", "ensure_loaded", "reload", "reload_force", "acquire"})
-_UNLOADS: Final = frozenset({"unload", "unload_force", "reload", "reload_force", "release"})
+#: The awaited operations of the ``awaited`` rule (blocks have a rule of their own).
+_AWAITED_OPS: Final[tuple[AsyncOp, ...]] = tuple(
+    op for op in ASYNC_OPS if op not in ("aenter", "aexit")
+)
+#: The awaited operations of the concurrent rules; ``aloaded`` is a whole
+#: ``async with aloaded(step): await use`` block (three calls: aenter, ause, aexit).
+_CONCURRENT_AOPS: Final[tuple[str, ...]] = (
+    "aload",
+    "aensure_loaded",
+    "aunload",
+    "areload",
+    "ause",
+    "aloaded",
+)
+_LOADS: Final = frozenset(
+    {"load", "ensure_loaded", "reload", "reload_force", "acquire"}
+    | {"aload", "aensure_loaded", "areload", "areload_force", "aenter"}
+)
+_UNLOADS: Final = frozenset(
+    {"unload", "unload_force", "reload", "reload_force", "release"}
+    | {"aunload", "aunload_force", "areload", "areload_force", "aexit"}
+)
+#: An async step's synchronous operations are refused (§10); the machine runs
+#: their awaited twins instead, and checks the refusal in a rule of its own.
+_AWAITED: Final[dict[str, AsyncOp]] = {
+    "load": "aload",
+    "ensure_loaded": "aensure_loaded",
+    "unload": "aunload",
+    "unload_force": "aunload_force",
+    "reload": "areload",
+    "reload_force": "areload_force",
+    "acquire": "aenter",  # an async with aloaded() block that stays open across rules
+    "release": "aexit",  # ... and its end (the newest block first)
+}
+#: The awaited call a concurrent rule makes in place of a synchronous one.
+_AWAITED_CALL: Final[dict[str, str]] = {
+    "load": "aload",
+    "ensure_loaded": "aensure_loaded",
+    "unload": "aunload",
+    "reload": "areload",
+    "acquire": "aloaded",
+    "release": "ause",
+    "use": "ause",
+}
+#: Who makes a call in a concurrent rule: a thread (a synchronous call, or an
+#: awaited one on an event loop of the thread's own), or a task on the
+#: machine's event loop.
+Where = Literal["thread", "task"]
 
 
 @dataclass
@@ -105,12 +167,22 @@ class LifecycleMachine(RuleBasedStateMachine):
     error class, return value, warnings and the load/unload code it ran are
     compared with the model as it happens, and a refused call must change
     nothing.
+
+    Awaited operations (``aload()``, ``aunload()``, ``aensure_loaded()``,
+    ``areload()``, ``async with aloaded()``, an awaited guarded call) run on
+    an event loop the machine owns, in a thread of its own; the concurrent
+    rules mix them, as tasks, with threads. For an async step (``async def
+    load``/``unload``) the plain rules run the awaited twins, and a rule of
+    its own checks that the synchronous operations are refused.
     """
 
     #: How many objects :meth:`make` creates at most (copies come on top).
     max_instances: ClassVar[int] = 3
     #: Threads in the concurrent rule (fewer than 2 turns the rule off).
     threads: ClassVar[int] = 2
+    #: Callers (asyncio tasks on the machine's loop, and threads) in the
+    #: concurrent rule that mixes awaited and synchronous calls (0 turns it off).
+    tasks: ClassVar[int] = 2
     #: How the step's own code behaves in the plain rules (``None``: not known,
     #: any behaviour the model allows is accepted and then tracked).
     default_outcome: ClassVar[Outcome | None] = None
@@ -130,6 +202,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._last: tuple[Tracked | None, str] = (None, "")
         self._held_at_load: list[tuple[Tracked, State | None]] = []
         self._unsubscribe: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: while a concurrent rule runs: id(record) -> (record, the call it served)
+        self._served: dict[int, tuple[TransitionRecord, int]] | None = None
 
     # ------------------------------------------------------------ to override
 
@@ -145,8 +220,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         """A use of the loaded step (default: ``lifecycle(obj).require_loaded()``)."""
         return default_use(obj)
 
+    async def ause(self, obj: Any) -> object:
+        """An awaited use (default: ``await lifecycle(obj).arequire_loaded()``).
+
+        Override it with a call of one of your ``async def`` guarded methods.
+        """
+        return await default_ause(obj)
+
     def observed_calls(self, tracked: Tracked, thread: int) -> Ran | None:
-        """The step's own code that ran on ``thread`` in the last call (``None``: use history)."""
+        """The step's own code that ran for the call ``thread`` made (``None``: use history).
+
+        ``thread`` is :attr:`Observed.caller`: the calling thread's ident, or,
+        for an awaited call, the call's own id, which
+        :func:`stepfsm.testing.caller` returns in every thread and task that
+        serves it (record it in your step's code).
+        """
         return None
 
     def expected_held(self, tracked: Tracked) -> bool | None:
@@ -156,7 +244,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             return None
         return state is State.LOADED
 
-    def before_call(self, tracked: Tracked, op: Op, outcome: Outcome | None) -> None:
+    def before_call(self, tracked: Tracked, op: AnyOp, outcome: Outcome | None) -> None:
         """Called just before each call (a hook for fault injection)."""
 
     # ------------------------------------------------------------- helpers
@@ -169,6 +257,37 @@ class LifecycleMachine(RuleBasedStateMachine):
     def instances(self) -> tuple[Any, ...]:
         """Every live object the machine drives, oldest first."""
         return tuple(t.obj for t in self.tracked)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The machine's event loop; it runs in the machine's thread, in :meth:`run_async`."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def run_async(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Run ``coro`` as a task on the machine's loop until it is done; return its result.
+
+        A ``KeyboardInterrupt`` that another task lets out of the loop (an
+        async step's own code, interrupted as planned) stops the loop, as in
+        ``asyncio.run``; the loop is run on until ``coro`` is done.
+
+        Raises:
+            AssertionError: ``coro`` was still running after ``thread_timeout``.
+        """
+        loop = self.loop
+        task = loop.create_task(asyncio.wait_for(coro, self.thread_timeout))
+        while True:
+            try:
+                return loop.run_until_complete(task)
+            except asyncio.TimeoutError:
+                raise AssertionError(
+                    f"an awaited call was still running after {self.thread_timeout:g} s: a "
+                    "deadlock in the lifecycle, or a wake-up that never came?"
+                ) from None
+            except (KeyboardInterrupt, SystemExit):
+                if task.done():
+                    raise
 
     def _pick(self, step: int) -> Tracked:
         return self.tracked[step % len(self.tracked)]
@@ -198,6 +317,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         obj = tracked.obj
 
         def listener(_: object, record: TransitionRecord) -> None:
+            served = self._served
+            if served is not None and record.thread == threading.get_ident():
+                served[id(record)] = (record, caller())
             if record.trigger == "begin_unload":
                 tracked.data["unloaded_from"] = record.source
             elif record.trigger == "begin_load" and self.is_held(obj):
@@ -239,24 +361,38 @@ class LifecycleMachine(RuleBasedStateMachine):
         ]
         raise AssertionError(f"after [{', '.join(shown)}] {message}")
 
-    def perform(self, step: int, op: Op, outcome: Outcome | None = None, note: str = "") -> Result:
+    def perform(
+        self, step: int, op: AnyOp, outcome: Outcome | None = None, note: str = ""
+    ) -> Result:
         """Run ``op`` on the object ``step`` picks and check it against the model.
+
+        An awaited operation (``aload``...) runs on the machine's loop. On an
+        async step, a synchronous load, unload, ensure_loaded or reload runs
+        as its awaited twin (the synchronous one is refused, §10).
 
         Returns the model's result for the call.
         """
         tracked = self._pick(step)
         obj = tracked.obj
+        if op in _AWAITED and is_async_step(obj):
+            op = _AWAITED[op]
         lc = lifecycle(obj)
         before = tracked.config
         history = lc.history
         mark = history[-1] if history else None
         self.before_call(tracked, op, outcome)
-        observed = perform(obj, op, use=self.use)
+        if op in ASYNC_OPS:
+            blocks: list[Any] = tracked.data.setdefault("blocks", [])
+            observed = self.run_async(
+                aperform(obj, op, ause=self.ause, use=self.use, blocks=blocks)
+            )
+        else:
+            observed = perform(obj, op, use=self.use)  # type: ignore[arg-type]
         if isinstance(observed.error, KeyboardInterrupt) and (
             outcome is None or "interrupt" not in outcome
         ):
             raise observed.error  # a real Ctrl-C, not a planned one: stop the test run
-        ran = self.observed_calls(tracked, threading.get_ident())
+        ran = self.observed_calls(tracked, observed.caller or threading.get_ident())
         if ran is None:
             ran = ran_from(records_after(lc.history, mark))
         observed = observed._replace(ran=ran)
@@ -291,7 +427,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self,
         tracked: Tracked,
         before: Config,
-        op: Op,
+        op: AnyOp,
         observed: Observed,
         result: Result,
         history: Sequence[TransitionRecord],
@@ -358,18 +494,36 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @rule(step=STEP)
     def acquire(self, step: int) -> None:
-        """``lifecycle(obj).acquire()``."""
+        """``lifecycle(obj).acquire()`` (an async step: enter an ``aloaded()`` block)."""
         self.perform(step, "acquire", self.default_outcome)
 
     @rule(step=STEP)
     def release(self, step: int) -> None:
-        """``lifecycle(obj).release()``."""
+        """``lifecycle(obj).release()`` (an async step: leave the last ``aloaded()`` block)."""
         self.perform(step, "release", self.default_outcome)
 
     @rule(step=STEP)
     def use_step(self, step: int) -> None:
         """A guarded use of the step (:meth:`use`)."""
         self.perform(step, "use", self.default_outcome)
+
+    @rule(step=STEP, op=st.sampled_from((*_AWAITED_OPS, "aloaded")))
+    def awaited(self, step: int, op: str) -> None:
+        """An awaited operation on the machine's loop.
+
+        ``await lifecycle(obj).aload()`` (an async step: ``await obj.load()``),
+        ``aensure_loaded()``, ``aunload(force=...)``, ``areload(force=...)``, an
+        awaited guarded use (:meth:`ause`), or ``aloaded``: ``async with
+        lifecycle(obj).aloaded(): await use``, its entry, use and exit each
+        checked. (On an async step ``acquire``/``release`` are blocks that stay
+        open across rules; on a sync step a block must close within the rule,
+        since ``release()`` cannot end a block's hold.)
+        """
+        if op != "aloaded":
+            self.perform(step, op, self.default_outcome)  # type: ignore[arg-type]
+        elif self.perform(step, "aenter", self.default_outcome).error is None:
+            self.perform(step, "ause", self.default_outcome)
+            self.perform(step, "aexit", self.default_outcome)
 
     @rule(step=STEP, policy=st.sampled_from(("raise", "warn", "ignore")))
     def set_on_repeat(self, step: int, policy: OnRepeat) -> None:
@@ -409,6 +563,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.tracked.append(copied)
         self._last = (copied, "copy")
         lc = lifecycle(obj)
+        # The copy's own policy: instance settings travel with copies and pickles
+        # (docs/design.md §13), and the machine sets no class or global ones.
+        copied.on_repeat = lc.on_repeat
         if lc.state is not State.UNLOADED or lc.holders:
             self._fail(
                 f"the copy {new_name} is '{lc.state.value}' with holders {lc.holders}: copies "
@@ -428,45 +585,160 @@ class LifecycleMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.threads >= 2)
     @rule(step=STEP, ops=st.lists(st.sampled_from(_CONCURRENT_OPS), min_size=2, max_size=4))
     def concurrently(self, step: int, ops: list[Op]) -> None:
-        """Run one operation per thread on the same object at once; the history must linearize."""
+        """Run one operation per thread on the same object at once; the history must linearize.
+
+        On an async step each thread awaits the operation's twin on an event
+        loop of its own (``acquire`` is an ``async with aloaded()`` block).
+        """
         tracked = self._pick(step)
-        ops = ops[: self.threads]
+        callers: list[tuple[Where, list[AnyOp]]] = [
+            ("thread", self._plan(tracked, op)) for op in ops[: self.threads]
+        ]
+        self._run_concurrently(tracked, callers)
+
+    @precondition(lambda self: self.tasks >= 1 and self.tasks + self.threads >= 2)
+    @rule(
+        step=STEP,
+        calls=st.lists(
+            st.tuples(st.sampled_from((*_CONCURRENT_AOPS, *_CONCURRENT_OPS)), st.booleans()),
+            min_size=2,
+            max_size=4,
+        ),
+    )
+    def concurrently_with_tasks(self, step: int, calls: list[tuple[str, bool]]) -> None:
+        """Awaited calls in tasks on the machine's loop, at once with threads; must linearize.
+
+        Each entry is an operation and, for an awaited one, whether it runs as
+        a task on the machine's loop (``True``) or in a thread on an event loop
+        of its own. Synchronous operations run in threads (on an async step:
+        their awaited twins, each thread on a loop of its own). At least one
+        call is awaited: if none was drawn, the first becomes its awaited twin.
+        """
+        tracked = self._pick(step)
+        if not any(op in _CONCURRENT_AOPS for op, _ in calls):
+            op, on_loop = calls[0]
+            calls = [(_AWAITED_CALL[op], on_loop), *calls[1:]]
+        awaited = [c for c in calls if c[0] in _CONCURRENT_AOPS][: self.tasks]
+        plain = [c for c in calls if c[0] not in _CONCURRENT_AOPS][: self.threads]
+        if len(awaited) + len(plain) < 2:
+            return
+        callers: list[tuple[Where, list[AnyOp]]] = [
+            ("task" if on_loop else "thread", self._plan(tracked, op)) for op, on_loop in awaited
+        ]
+        callers += [("thread", self._plan(tracked, op)) for op, _ in plain]
+        self._run_concurrently(tracked, callers)
+
+    def _plan(self, tracked: Tracked, op: str) -> list[AnyOp]:
+        """The calls one concurrent caller makes for ``op`` (``aloaded``: a whole block)."""
+        if is_async_step(tracked.obj):
+            op = {**_AWAITED, "acquire": "aloaded", "release": "ause"}.get(op, op)
+        if op == "aloaded":
+            return ["aenter", "ause", "aexit"]
+        return [op]  # type: ignore[list-item]
+
+    def _run_concurrently(self, tracked: Tracked, callers: list[tuple[Where, list[AnyOp]]]) -> None:
+        """Run every caller's calls at once on ``tracked``; the history must linearize.
+
+        A ``thread`` caller runs in a thread of its own (awaited calls on an
+        event loop of that thread's own), a ``task`` caller in a task on the
+        machine's loop. The model does not know which holder a hold belongs
+        to, and ``release()`` drops only an anonymous hold, so while an
+        ``async with aloaded()`` block takes part, ``release()`` becomes a
+        guarded use.
+        """
+        if any("aenter" in ops for _, ops in callers) and not is_async_step(tracked.obj):
+            callers = [
+                (where, ["use" if op == "release" else op for op in ops]) for where, ops in callers
+            ]
         obj = tracked.obj
         lc = lifecycle(obj)
         start = tracked.config
         mark = lc.history[-1] if lc.history else None
         clock = itertools.count()
-        barrier = threading.Barrier(len(ops))
-        calls: list[Call | None] = [None] * len(ops)
-        idents: list[int] = [0] * len(ops)
-        for op in ops:
-            self.before_call(tracked, op, self.default_outcome)
+        in_threads = [i for i, (where, _) in enumerate(callers) if where == "thread"]
+        in_tasks = [i for i, (where, _) in enumerate(callers) if where == "task"]
+        # Every caller starts at once, and no thread ends before all calls have: a record
+        # is told apart by the ident of the thread that made it, and a finished thread's
+        # ident may be reused by the worker thread of a later awaited call.
+        barrier = threading.Barrier(len(in_threads) + (1 if in_tasks else 0))
+        finish = threading.Barrier(barrier.parties)
+        made: list[list[Call]] = [[] for _ in callers]
+        sync_idents: set[int] = set()
+        for _, ops in callers:
+            for op in ops:
+                self.before_call(tracked, op, self.default_outcome)
 
-        def body(index: int) -> None:
-            op = ops[index]
-            idents[index] = threading.get_ident()
-            barrier.wait()
-            invoked = next(clock)
-            observed = perform(obj, op, use=self.use, record_warnings=False)
-            responded = next(clock)
-            calls[index] = Call(op, invoked, responded, observed, self.default_outcome)
+        async def run_plan(index: int) -> None:
+            blocks: list[Any] = []
+            for op in callers[index][1]:
+                invoked = next(clock)
+                observed = await aperform(
+                    obj, op, ause=self.ause, use=self.use, record_warnings=False, blocks=blocks
+                )
+                responded = next(clock)
+                made[index].append(Call(op, invoked, responded, observed, self.default_outcome))
 
-        texts = ", ".join(_format_call(tracked.name, op) for op in ops)
-        self.log.append(f"at once in {len(ops)} threads: [{texts}]")
-        self._last = (tracked, "threads")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DuplicateLoadWarning)
-            warnings.simplefilter("ignore", RepeatedLoadWarning)
-            warnings.simplefilter("ignore", CleanupWarning)
-            _run_threads(len(ops), body, self.thread_timeout)
-        self._check_held_at_load(f"threads [{texts}]")
+        def in_thread(number: int) -> None:
+            index = in_threads[number]
+            ops = callers[index][1]
+            barrier.wait(self.thread_timeout)
+            if len(ops) == 1 and ops[0] in OPS:
+                sync_idents.add(threading.get_ident())
+                invoked = next(clock)
+                observed = perform(obj, ops[0], use=self.use, record_warnings=False)
+                responded = next(clock)
+                made[index].append(Call(ops[0], invoked, responded, observed, self.default_outcome))
+            else:
+                asyncio.run(run_plan(index))
+            finish.wait(self.thread_timeout)
+
+        async def launch() -> None:
+            if in_threads:  # blocks this loop only until every thread is ready
+                barrier.wait(self.thread_timeout)
+            await asyncio.gather(*(run_plan(index) for index in in_tasks))
+            if in_threads:
+                finish.wait(self.thread_timeout)
+
+        texts = ", ".join(
+            f"{'task' if where == 'task' else 'thread'} {_format_calls(tracked.name, ops)}"
+            for where, ops in callers
+        )
+        self.log.append(f"at once: [{texts}]")
+        self._last = (tracked, "threads" if not in_tasks else "tasks")
+        self._served = {}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DuplicateLoadWarning)
+                warnings.simplefilter("ignore", RepeatedLoadWarning)
+                warnings.simplefilter("ignore", CleanupWarning)
+                _run_threads(
+                    len(in_threads),
+                    in_thread,
+                    self.thread_timeout,
+                    (lambda: self.run_async(launch())) if in_tasks else None,
+                )
+            served = self._served
+        finally:
+            self._served = None
+        self._check_held_at_load(f"[{texts}]")
         records = records_after(lc.history, mark)
+
+        def served_by(record: TransitionRecord) -> int | None:
+            hit = served.get(id(record))
+            if hit is not None:
+                return hit[1]
+            return record.thread if record.thread in sync_idents else None
+
+        owners = [served_by(r) for r in records]
         done: list[Call] = []
-        for index, call in enumerate(calls):
-            assert call is not None
-            ran = self.observed_calls(tracked, idents[index])
-            if ran is None:
-                ran = ran_from([r for r in records if r.thread == idents[index]])
+        for call in (c for calls in made for c in calls):
+            who = call.observed.caller
+            assert who is not None
+            ran = self.observed_calls(tracked, who)
+            if ran is None and (who in sync_idents or None not in owners):
+                ran = ran_from(
+                    [r for r, owner in zip(records, owners, strict=True) if owner == who]
+                )
             done.append(
                 Call(
                     call.op,
@@ -490,14 +762,58 @@ class LifecycleMachine(RuleBasedStateMachine):
         if order is None:
             results = ", ".join(
                 f"{c.label} -> {type(c.observed.error).__name__ if c.observed.error else 'ok'}"
-                for c in done
+                for c in sorted(done, key=lambda c: c.invoked)
             )
             self._fail(
-                f"the threads' results [{results}] (ending '{lc.state.value}' with {holders} "
-                "holders) match no sequential order of those calls: the lifecycle is not "
-                "linearizable (docs/design.md §2, 'wait')."
+                f"the concurrent calls' results [{results}] (ending '{lc.state.value}' with "
+                f"{holders} holders) match no sequential order of those calls: the lifecycle "
+                "is not linearizable (docs/design.md §2, 'wait')."
             )
         tracked.config = order[-1][1]
+
+    @precondition(lambda self: any(is_async_step(t.obj) for t in self.tracked))
+    @rule(step=STEP)
+    def sync_operation_on_async_step(self, step: int) -> None:
+        """On an async step, each synchronous lifecycle operation is refused and changes nothing.
+
+        (docs/design.md §10: a ``StepStateError`` pointing to the awaited one.)
+        On a sync step this rule does nothing.
+        """
+        tracked = self._pick(step)
+        obj = tracked.obj
+        if not is_async_step(obj):
+            return
+        lc = lifecycle(obj)
+        for name, call in (
+            ("load()", lc.load),
+            ("ensure_loaded()", lc.ensure_loaded),
+            ("unload()", lc.unload),
+            ("reload()", lc.reload),
+            ("acquire()", lc.acquire),
+            ("release()", lc.release),
+        ):
+            history = lc.history
+            state, holders = lc.state, lc.holders
+            try:
+                call()
+            except StepStateError as error:
+                if error.state is not state or lc.history != history or lc.holders != holders:
+                    self._fail(
+                        f"{tracked.name}.{name} on an async step was refused but changed the "
+                        f"step, or named the state '{error.state}' instead of '{state.value}'."
+                    )
+            except BaseException as error:
+                self._fail(
+                    f"{tracked.name}.{name} on an async step raised {type(error).__name__} "
+                    f"({error}), expected StepStateError (docs/design.md §10)."
+                )
+            else:
+                self._fail(
+                    f"{tracked.name}.{name} on an async step ran, expected StepStateError "
+                    "(docs/design.md §10: its operations must be awaited)."
+                )
+        self.log.append(f"{tracked.name}: every sync operation refused")
+        self._last = (tracked, "refusals")
 
     # ----------------------------------------------------------- invariants
 
@@ -576,28 +892,42 @@ class LifecycleMachine(RuleBasedStateMachine):
         Best effort: every thread has finished by now, so a step still
         ``loading``/``unloading`` is stuck (the failure being reported) and is
         left alone rather than waited for. Then the machine's listeners go, so
-        the objects can be garbage-collected.
+        the objects can be garbage-collected, and its event loop is closed.
         """
         try:
             for tracked in self.tracked:
                 self.before_call(tracked, "unload_force", Outcome())
                 lc = lifecycle(tracked.obj)
+                tracked.data.pop("blocks", None)
                 if lc.state in (State.LOADING, State.UNLOADING):
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     with contextlib.suppress(Exception):
-                        lc.unload(force=True)
+                        if is_async_step(tracked.obj):
+                            self.run_async(lc.aunload(force=True))
+                        else:
+                            lc.unload(force=True)
         finally:
             for unsubscribe in self._unsubscribe:
                 unsubscribe()
             self._unsubscribe.clear()
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _format_call(name: str, op: Op) -> str:
+def _format_call(name: str, op: AnyOp) -> str:
+    """``s0.unload(force=True)``, ``await s0.aload()``, ``async with aloaded(s0)``..."""
+    if op == "aenter":
+        return f"async with aloaded({name})"
+    if op == "aexit":
+        return f"end of async with aloaded({name})"
+    if op in ASYNC_OPS:
+        return "await " + _format_call(name, op[1:]).replace(f"{name}.", f"{name}.a", 1)  # type: ignore[arg-type]
     if op == "unload_force":
         return f"{name}.unload(force=True)"
     if op == "reload_force":
@@ -605,12 +935,24 @@ def _format_call(name: str, op: Op) -> str:
     return f"{name}.{op}()"
 
 
+def _format_calls(name: str, ops: Sequence[AnyOp]) -> str:
+    if list(ops) == ["aenter", "ause", "aexit"]:
+        return f"async with aloaded({name}): await {name}.ause()"
+    return "; ".join(_format_call(name, op) for op in ops)
+
+
 def _describe_last(name: str, op: str) -> str:
     """``"s0.unload()"`` for an operation, ``"s0's threads"`` for anything else."""
-    return _format_call(name, op) if op in OPS else f"{name}'s {op}"
+    return _format_call(name, op) if op in OPS or op in ASYNC_OPS else f"{name}'s {op}"
 
 
-def _run_threads(count: int, body: Callable[[int], None], timeout: float = 60.0) -> None:
+def _run_threads(
+    count: int,
+    body: Callable[[int], None],
+    timeout: float = 60.0,
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
+    """Run ``body(i)`` in ``count`` threads; run ``meanwhile()`` in this one; wait for all."""
     errors: list[BaseException] = []
 
     def run(index: int) -> None:
@@ -625,8 +967,11 @@ def _run_threads(count: int, body: Callable[[int], None], timeout: float = 60.0)
     try:
         for thread in threads:
             thread.start()
+        if meanwhile is not None:
+            meanwhile()
+        deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
     finally:
         sys.setswitchinterval(interval)
     if any(thread.is_alive() for thread in threads):
@@ -643,12 +988,15 @@ def check_lifecycle(
     is_held: Callable[[Any], bool],
     max_examples: int = 200,
     threads: int = 2,
+    tasks: int | None = None,
 ) -> None:
     """Check that a stateful class keeps the stepfsm lifecycle contract.
 
     Runs :class:`LifecycleMachine` against objects made by ``factory``
-    (several instances, their copies and pickles, and ``threads`` threads at
-    once on one object). It finds, among others: an unload that does not
+    (several instances, their copies and pickles, ``threads`` threads at
+    once on one object, and awaited operations: one at a time and as tasks
+    at once with threads). ``factory`` may make a sync step or an async one
+    (``async def load``/``unload``). It finds, among others: an unload that does not
     release the resource (fully or partly), a load that does not acquire it,
     instances sharing a resource so that one's unload frees another's, copies
     or pickles that share the original's live resource, and a failed load
@@ -666,6 +1014,8 @@ def check_lifecycle(
         is_held: says whether that object's resource is held right now.
         max_examples: how many random sequences to try.
         threads: threads in the concurrent rule (below 2: no threads).
+        tasks: awaited callers in the concurrent rule that mixes tasks with
+            threads (0: no such rule; default: as many as ``threads``).
 
     Raises:
         AssertionError: the shortest failing sequence hypothesis found, and
@@ -683,6 +1033,7 @@ def check_lifecycle(
             return is_held(obj)
 
     CheckLifecycle.threads = threads
+    CheckLifecycle.tasks = threads if tasks is None else tasks
     CheckLifecycle.__qualname__ = CheckLifecycle.__name__ = (
         f"CheckLifecycle[{getattr(factory, '__qualname__', repr(factory))}]"
     )

@@ -3,7 +3,9 @@
 :func:`model_step` is ``(state, holders, op, outcome) -> (state', holders',
 result)``. Every state it moves to comes from :data:`stepfsm.states.TRANSITIONS`
 (through :func:`stepfsm.states.next_state`); which transitions an operation
-fires, and what it returns or raises, is docs/design.md §2.
+fires, and what it returns or raises, is docs/design.md §2. An awaited
+operation (``aload``, ...) is judged as its synchronous twin
+(:data:`~stepfsm.testing.SYNC_TWIN`): §10 adds no rule of its own.
 :func:`candidates` lists what an operation may do when the outcome is not known.
 """
 
@@ -23,7 +25,7 @@ from ..errors import (
     UnloadError,
 )
 from ..states import INITIAL, State, next_state
-from ._ops import OPS, OUTCOMES, Behaviour, Kind, OnRepeat, Op, Outcome, Ran
+from ._ops import OPS, OUTCOMES, AnyOp, Behaviour, Kind, OnRepeat, Outcome, Ran, model_op
 
 __all__ = ["Config", "Holders", "ModelError", "Result", "candidates", "model_step"]
 
@@ -121,7 +123,7 @@ def _raised(how: Behaviour, error: type[BaseException]) -> type[BaseException] |
 def model_step(
     state: State,
     holders: Holders,
-    op: Op,
+    op: AnyOp,
     outcome: Outcome = _NO_FAULT,
     *,
     on_repeat: OnRepeat = "raise",
@@ -131,7 +133,8 @@ def model_step(
     Args:
         state: the step's settled state (never ``loading``/``unloading``).
         holders: its holder bookkeeping.
-        op: the operation (``unload_force`` is ``unload(force=True)``).
+        op: the operation (``unload_force`` is ``unload(force=True)``); an
+            awaited one (``aload``...) is judged as its synchronous twin.
         outcome: how the step's own load/unload code ends if it runs.
         on_repeat: the step's ``on_repeat`` policy.
 
@@ -141,6 +144,7 @@ def model_step(
     Raises:
         ModelError: the table has no transition the operation needs (a model bug).
     """
+    op = model_op(op)
     run = _Run(state, holders, outcome)
     error: type[BaseException] | None = None
     returned: bool | None = None
@@ -207,7 +211,7 @@ def model_step(
 
 
 def candidates(
-    config: Config, op: Op, *, on_repeat: OnRepeat = "raise", outcome: Outcome | None = None
+    config: Config, op: AnyOp, *, on_repeat: OnRepeat = "raise", outcome: Outcome | None = None
 ) -> list[tuple[Outcome, Config, Result]]:
     """Every distinct ``(outcome, config', result)`` of ``op`` from ``config``.
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fsm_fakes import (
+    AsyncCountingStep,
     Boom,
     CountingStep,
     calls_of,
@@ -37,16 +38,19 @@ import stepfsm
 from stepfsm.machine import Lifecycle
 from stepfsm.states import State
 from stepfsm.testing import (
+    ASYNC_OPS,
     OPS,
     Config,
     Observed,
     Op,
     Outcome,
     Result,
+    aperform,
     candidates,
     mismatches,
     perform,
 )
+from stepfsm.testing.observer import LoopThread
 
 COPIES = ("copy.copy", "copy.deepcopy", "pickle")
 WAIT_TIMEOUT = 5.0
@@ -117,12 +121,12 @@ def _freeze(value: Any, depth: int = 0) -> Hashable:
     if isinstance(value, dict):
         return tuple(sorted((repr(_freeze(k)), _freeze(v, depth + 1)) for k, v in value.items()))
     slots = getattr(type(value), "__slots__", None)
-    if slots and not isinstance(value, (CountingStep,)):
+    if slots and not isinstance(value, (CountingStep, AsyncCountingStep)):
         return (type(value).__name__, *(_freeze(getattr(value, s, None), depth + 1) for s in slots))
     return type(value).__name__
 
 
-def fingerprint(step: CountingStep) -> Hashable:
+def fingerprint(step: CountingStep | AsyncCountingStep) -> Hashable:
     """The real object's full situation: lifecycle slots (not clocks) and what it holds."""
     lc = stepfsm.lifecycle(step)
     slots = tuple(
@@ -137,21 +141,42 @@ def fingerprint(step: CountingStep) -> Hashable:
 class Subject:
     """One real step and what the model says about it."""
 
-    step: CountingStep
+    step: CountingStep | AsyncCountingStep
     on_repeat: stepfsm._settings.OnRepeat = "raise"
     config: Config = field(default_factory=Config)
     holds_resource: bool = False
     log: list[str] = field(default_factory=list)
+    #: runs awaited actions (``aload``...): needed for those, and for an async step
+    loop: LoopThread | None = None
+    #: the ``async with aloaded()`` blocks ``aenter`` actions left open
+    blocks: list[Any] = field(default_factory=list)
 
     @classmethod
-    def fresh(cls, on_repeat: stepfsm._settings.OnRepeat = "raise") -> Subject:
-        step = CountingStep("subject")
+    def fresh(
+        cls,
+        on_repeat: stepfsm._settings.OnRepeat = "raise",
+        *,
+        kind: type[CountingStep | AsyncCountingStep] = CountingStep,
+        loop: LoopThread | None = None,
+    ) -> Subject:
+        step = kind("subject")
         drop_resources(step)  # left by an earlier, failed, example whose step had this id
         lc = stepfsm.lifecycle(step)
         lc.timeout = WAIT_TIMEOUT  # the fake is instant: a wait means a stuck state
         if on_repeat != "raise":
             lc.on_repeat = on_repeat
-        return cls(step, on_repeat)
+        return cls(step, on_repeat, loop=loop)
+
+    def perform(self, op: Op | str) -> Observed:
+        """Run ``op`` on the real step (an awaited one on :attr:`loop`)."""
+        if op in ASYNC_OPS:
+            assert self.loop is not None, f"{op} needs Subject.loop"
+            observed: Observed = self.loop.run(
+                aperform(self.step, op, ause=ause_step, use=use_step, blocks=self.blocks),  # type: ignore[arg-type]
+                WAIT_TIMEOUT * 2,
+            )
+            return observed
+        return perform(self.step, op, use=use_step)  # type: ignore[arg-type]
 
     def fail(self, message: str) -> None:
         raise AssertionError(f"after [{', '.join(self.log)}]: {message}")
@@ -171,7 +196,7 @@ def act(subject: Subject, action: Action) -> Result:
     history_before = lc.history
     forget_calls(step)
     with planned(step, outcome):
-        observed = perform(step, op, use=use_step)
+        observed = subject.perform(op)
     forget_frames(observed.error)
     ran = calls_of(step)
     observed = Observed(observed.error, observed.returned, observed.warnings, ran)
@@ -195,7 +220,7 @@ def act(subject: Subject, action: Action) -> Result:
             f"({open_count(step)} open), expected {'held' if expect_held else 'not held'}"
         )
     error = observed.error
-    if op == "use" and error is None and observed.returned is not True:
+    if op in ("use", "ause") and error is None and observed.returned is not True:
         problems.append("the guarded call ran although the resource was not held")
     if isinstance(error, stepfsm.StepStateError):
         if fingerprint(step) != before or lc.history != history_before:
@@ -278,18 +303,29 @@ def use_step(step: Any) -> object:
     return step.use()
 
 
+async def ause_step(step: Any) -> object:
+    """The awaited guarded use of a CountingStep (its ``async def ause()``)."""
+    return await step.ause()
+
+
 def dispose(subject: Subject) -> None:
     """Unload the subject's step (forced, its code succeeding) and forget what it recorded."""
     step = subject.step
+    lc = stepfsm.lifecycle(step)
     with planned(step, NO_FAULT), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with contextlib.suppress(stepfsm.TransitionInProgressError):
-            stepfsm.lifecycle(step).unload(force=True)
+            if isinstance(step, AsyncCountingStep):
+                assert subject.loop is not None
+                subject.loop.run(lc.aunload(force=True), WAIT_TIMEOUT * 2)
+            else:
+                lc.unload(force=True)
+    subject.blocks.clear()
     forget_calls(step)
     drop_resources(step)
 
 
-def observed_state(step: CountingStep) -> tuple[State, int, bool, int]:
+def observed_state(step: CountingStep | AsyncCountingStep) -> tuple[State, int, bool, int]:
     """(state, holders, held, open resources) of a real step."""
     lc = stepfsm.lifecycle(step)
     return lc.state, len(lc.holders), held(step), open_count(step)

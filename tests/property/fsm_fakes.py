@@ -1,56 +1,76 @@
-"""A fake resource that counts what it holds, and a step whose own code can be told how to end.
+"""A fake resource that counts what it holds, and steps whose own code can be told how to end.
 
 ``CountingStep.load()`` opens a fake :class:`~tests.fakes.Resource` (counted in
 ``OPEN`` while open) and ``unload()`` closes it, so a test can count held resources without
-trusting stepfsm's own state. How each call of its load/unload ends (``ok``,
-``error`` = raises :class:`Boom` before touching the resource, ``interrupt`` =
+trusting stepfsm's own state. ``AsyncCountingStep`` is the same as an async step
+(``async def load``/``unload``, docs/design.md §10). How each call of their load/unload ends
+(``ok``, ``error`` = raises :class:`Boom` before touching the resource, ``interrupt`` =
 raises ``KeyboardInterrupt`` likewise) comes from, in order: the active
-:class:`Gate` (the test decides while the call is blocked), the calling
-thread's plan (:func:`thread_plan`), the object's plan (:func:`planned`), or
-``ok``. Every call is recorded in ``RECORD`` with its object, thread and end.
+:class:`Gate` (the test decides while the call is blocked), the caller's plan
+(:func:`thread_plan`: the calling thread's, or task's), the object's plan
+(:func:`planned`), or ``ok``. Every call is recorded in ``RECORD`` with its
+object, the call it served (:func:`stepfsm.testing.caller`: the calling
+thread, or the awaited call, whichever thread or task runs the code) and end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Iterator
 
 import stepfsm
-from stepfsm.testing import Behaviour, Outcome, Ran
+from stepfsm.testing import Behaviour, Outcome, Ran, caller
 from tests.fakes import Boom, Resource, Resources
 
 #: Every open resource of a CountingStep (its owner is the step's id).
 OPEN = Resources()
-#: (id(step), thread ident, "load"/"unload", behaviour) for every call of the step's own code.
+#: (id(step), caller, "load"/"unload", behaviour) for every call of the step's own code.
 RECORD: list[tuple[int, int, str, Behaviour]] = []
 _LOCK = threading.Lock()
 _PLAN: dict[int, Outcome] = {}
-_LOCAL = threading.local()
+#: The caller's plan: a context variable, so that it follows an awaited call into
+#: the worker thread stepfsm runs it in, and into an async step's own code.
+_CALLER_PLAN: contextvars.ContextVar[Outcome | None] = contextvars.ContextVar(
+    "fsm_fakes_plan", default=None
+)
 GATE: Gate | None = None
+
+
+def _planned(step: object, kind: str) -> Behaviour:
+    outcome = _CALLER_PLAN.get() or _PLAN.get(id(step))
+    if outcome is None:
+        return "ok"
+    return outcome.load if kind == "load" else outcome.unload
 
 
 def _behaviour(step: object, kind: str) -> Behaviour:
     gate = GATE
     if gate is not None and gate.step is step:
         return gate.enter(kind)
-    outcome: Outcome | None = getattr(_LOCAL, "outcome", None) or _PLAN.get(id(step))
-    if outcome is None:
-        return "ok"
-    return outcome.load if kind == "load" else outcome.unload
+    return _planned(step, kind)
+
+
+async def _abehaviour(step: object, kind: str) -> Behaviour:
+    gate = GATE
+    if gate is not None and gate.step is step:
+        return await gate.aenter(kind)
+    return _planned(step, kind)
 
 
 def _end(step: object, kind: str, how: Behaviour) -> None:
     with _LOCK:
-        RECORD.append((id(step), threading.get_ident(), kind, how))
+        RECORD.append((id(step), caller(), kind, how))
     if how == "error":
         raise Boom(f"{kind} of {step} failed on purpose")
     if how == "interrupt":
         raise KeyboardInterrupt(f"{kind} interrupted")
 
 
-@stepfsm.stateful(guard=("use",))
+@stepfsm.stateful(guard=("use", "ause"))
 class CountingStep:
     """A step holding one Resource while loaded; its code ends as planned."""
 
@@ -77,11 +97,47 @@ class CountingStep:
         """
         return held(self)
 
+    async def ause(self) -> bool:
+        """The same, as an ``async def`` guarded method (awaits a transition in progress)."""
+        return held(self)
+
     def __repr__(self) -> str:
         return f"CountingStep({self.name!r})"
 
 
-def held(step: CountingStep) -> bool:
+@stepfsm.stateful(guard=("use", "ause"))
+class AsyncCountingStep:
+    """CountingStep as an async step: its load and unload are ``async def``."""
+
+    def __init__(self, name: str = "astep") -> None:
+        self.name = name
+        self.resource: Resource | None = None
+
+    async def load(self) -> None:
+        _end(self, "load", await _abehaviour(self, "load"))
+        await asyncio.sleep(0)  # give the loop to other tasks, as real async code does
+        self.resource = OPEN.open(id(self))
+
+    async def unload(self) -> None:
+        _end(self, "unload", await _abehaviour(self, "unload"))
+        await asyncio.sleep(0)
+        if self.resource is not None:
+            self.resource.close()
+        self.resource = None
+
+    def use(self) -> bool:
+        """Whether the resource was there when the (guarded) call ran."""
+        return held(self)
+
+    async def ause(self) -> bool:
+        """The same, as an ``async def`` guarded method."""
+        return held(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncCountingStep({self.name!r})"
+
+
+def held(step: CountingStep | AsyncCountingStep) -> bool:
     """Whether ``step`` holds an open resource."""
     resource = step.resource
     return resource is not None and not resource.closed
@@ -93,7 +149,11 @@ def open_count(step: object) -> int:
 
 
 def calls_of(step: object, thread: int | None = None) -> Ran:
-    """Take (and forget) the recorded calls of ``step``'s code (on ``thread`` if given)."""
+    """Take (and forget) the recorded calls of ``step``'s code (for the caller ``thread``).
+
+    ``thread`` is a :func:`stepfsm.testing.caller`: a thread's ident, or an
+    awaited call's id (:attr:`stepfsm.testing.Observed.caller`).
+    """
     with _LOCK:
         mine = [e for e in RECORD if e[0] == id(step) and (thread is None or e[1] == thread)]
         for entry in mine:
@@ -123,12 +183,12 @@ def planned(step: object, outcome: Outcome) -> Iterator[None]:
 
 @contextlib.contextmanager
 def thread_plan(outcome: Outcome | None) -> Iterator[None]:
-    """Make every step's code called from this thread end as ``outcome`` says."""
-    _LOCAL.outcome = outcome
+    """Make every step's code called from this thread (or task) end as ``outcome`` says."""
+    token = _CALLER_PLAN.set(outcome)
     try:
         yield
     finally:
-        _LOCAL.outcome = None
+        _CALLER_PLAN.reset(token)
 
 
 def reset() -> None:
@@ -142,9 +202,11 @@ def reset() -> None:
 class Gate:
     """Blocks each call of one step's own code until the test says how it ends.
 
-    Install with :func:`gated`. ``waiting()`` names the thread blocked in a
-    call (at most one per step, since a step runs one transition at a time);
-    ``finish(how)`` lets it go on and end as ``how``.
+    Install with :func:`gated`. ``waiting()`` names the caller blocked in a
+    call (at most one per step, since a step runs one transition at a time):
+    :func:`stepfsm.testing.caller`, the calling thread or the awaited call;
+    ``finish(caller, how)`` lets it go on and end as ``how``. An async step's
+    code awaits the gate (:meth:`aenter`) instead of blocking its loop.
     """
 
     def __init__(self, step: object, timeout: float = 10.0) -> None:
@@ -155,8 +217,27 @@ class Gate:
         self._decided: dict[int, Behaviour] = {}
         self.auto: Behaviour | None = None  # when set, calls no longer block
 
+    async def aenter(self, kind: str) -> Behaviour:
+        """:meth:`enter` for async code: the loop runs on while the call waits."""
+        me = caller()
+        with self._cond:
+            if self.auto is not None:
+                return self.auto
+            self._waiting[me] = kind
+            self._cond.notify_all()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            with self._cond:
+                if me in self._decided or self.auto is not None:
+                    self._waiting.pop(me, None)
+                    return self._decided.pop(me, None) or self.auto or "ok"
+                if time.monotonic() > deadline:
+                    self._waiting.pop(me, None)
+                    raise AssertionError(f"gated {kind} was never released by the test")
+            await asyncio.sleep(0.0005)
+
     def enter(self, kind: str) -> Behaviour:
-        me = threading.get_ident()
+        me = caller()
         with self._cond:
             if self.auto is not None:
                 return self.auto
