@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -94,6 +95,18 @@ class Link:
         if task is not None:
             task.cancel()
         return True
+
+
+def on_loop_thread() -> bool:
+    """Whether an event loop is running on the current thread."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return False
+    try:
+        aio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def bridging() -> Link | None:

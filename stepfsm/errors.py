@@ -256,9 +256,17 @@ class TransitionInProgressError(StepStateError):
         timeout: float | None,
         *,
         listener: bool = False,
+        on_loop: bool = False,
     ) -> None:
         self.timeout = timeout
-        if timeout is None and listener:
+        if timeout is None and on_loop:
+            message = (
+                f"{step} cannot {operation}() while it is '{state.value}': its async "
+                "transition runs on this thread's event loop, which a synchronous wait here "
+                "would block for good. Await instead: an async guarded method, or "
+                "await stepfsm.aensure_loaded(step) before the call."
+            )
+        elif timeout is None and listener:
             message = (
                 f"{step} cannot {operation}() from a listener (or log handler or finalizer) "
                 f"running on the thread of its own transition (state '{state.value}'); "

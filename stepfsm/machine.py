@@ -626,7 +626,9 @@ class Lifecycle:
             NotLoadedError: the step is ``unloaded`` (policy ``on_unloaded_use="raise"``).
             StepFailedError: the step is ``failed`` (same policy).
             TransitionInProgressError: a wait exceeded ``timeout``, or the call
-                comes from a listener on the thread of the step's own transition.
+                comes from a listener on the thread of the step's own transition,
+                or from an event loop's thread while the async step is in a
+                transition (the wait would block that loop: await instead).
         """
         if self._state is _LOADED:
             return
@@ -637,6 +639,9 @@ class Lifecycle:
             raise TransitionInProgressError(self.name, self._state, operation, None, listener=True)
         if held is not None and self._in_task():
             return  # inside the step's own async load/unload (this task runs it)
+        if held is not None and self._cfg.is_async and _aio.on_loop_thread():
+            # its user code may need this very loop: a blocking wait would never end
+            raise TransitionInProgressError(self.name, self._state, operation, None, on_loop=True)
         self._refuse_use(self._settled(operation), operation)
 
     def _refuse_use(self, state: State, operation: str) -> None:

@@ -653,3 +653,40 @@ def test_status_shows_async_steps() -> None:
 
     run(main())
     assert held_count() == 0
+
+
+def test_a_sync_guarded_call_on_the_loop_of_an_async_load_is_refused_not_hung() -> None:
+    """A plain ``def`` guarded method of an async step, called from a coroutine on the loop
+    that runs the step's own load, would block that loop for good: it is refused."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    class Slow(stepfsm.Stateful, guard=("tokenize",)):
+        async def load(self) -> None:
+            started.set()
+            await release.wait()
+
+        async def unload(self) -> None:
+            pass
+
+        def tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+    async def main() -> str:
+        step = Slow()
+        loading = asyncio.ensure_future(stepfsm.aload(step))
+        await bounded(started.wait())
+        try:
+            step.tokenize("a b")
+        except stepfsm.TransitionInProgressError as error:
+            message = str(error)
+        else:
+            message = "ran"
+        release.set()
+        await bounded(loading)
+        assert step.tokenize("a b") == ["a", "b"]  # loaded: the fast path
+        return message
+
+    message = run(main(), timeout=20)
+    assert "event loop" in message, message
+    assert "await stepfsm.aensure_loaded(step)" in message
