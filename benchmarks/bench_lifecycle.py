@@ -23,7 +23,7 @@ Measured, in one run so that the ratios compare like with like:
 
 Timings are CPU time, the best of many short samples taken in interleaved
 rounds (each case once per round), net of the empty ``timeit`` loop. Run
-``python benchmarks/bench_lifecycle.py`` (40-60 s on a shared 2-CPU machine)
+``python benchmarks/bench_lifecycle.py`` (23-51 s on a shared 2-CPU machine)
 or ``--quick`` (a smoke run of a few seconds; its numbers are noisy).
 benchmarks/README.md has a table from a real run and what it means.
 """

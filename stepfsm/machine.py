@@ -168,7 +168,7 @@ class LifecycleStatistics(NamedTuple):
     Attributes:
         state: the current state.
         holders: the display names of the holders.
-        waiting: how many threads are waiting to operate on the step.
+        waiting: how many threads and tasks are waiting to operate on the step (not woken yet).
         owner: the id of the thread running an operation on the step, or ``None``.
         running_user_code: whether that operation is inside the step's own
             load/unload code right now.
@@ -246,6 +246,7 @@ class Lifecycle:
         "__weakref__",
         "_acquired_load",
         "_awaiters",
+        "_awaiting",
         "_began",
         "_cfg",
         "_children",
@@ -299,6 +300,8 @@ class Lifecycle:
         self._waiters: list[Any] = []
         #: event loop -> the future its waiting tasks share (async operations)
         self._awaiters: dict[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        #: the event each waiting task awaits (one entry per task; statistics())
+        self._awaiting: list[asyncio.Event] | None = None
         self._user: Claim | None = None  # the claim whose user load/unload code is running
         self._ret: tuple[Any] | None = None  # set when the user's code of a transition returns
 
@@ -370,7 +373,8 @@ class Lifecycle:
         return LifecycleStatistics(
             state=self._state,
             holders=self.holders,
-            waiting=len(self._waiters),
+            waiting=len(self._waiters)
+            + sum(not event.is_set() for event in tuple(self._awaiting or ())),
             owner=held[1] if held is not None else None,
             running_user_code=held is not None and self._user is held,
             since=self._since,
@@ -852,7 +856,15 @@ class Lifecycle:
                 event = awaiters[loop] = asyncio.Event()
                 _aio.watch(event, loop, self._still_held(held), _SLICE)
             if _CLAIMS.get(self) is held:  # registered before this check: no lost wake-up
-                await _aio.wait(event, pause)
+                awaiting = self._awaiting
+                if awaiting is None:
+                    awaiting = self._awaiting = []
+                awaiting.append(event)
+                try:
+                    await _aio.wait(event, pause)
+                finally:
+                    with contextlib.suppress(ValueError):
+                        awaiting.remove(event)
 
     def _still_held(self, held: Claim) -> Callable[[], bool]:
         """A check that ``held`` is still this lifecycle's claim, and alive."""
@@ -1443,6 +1455,7 @@ class Lifecycle:
         self._state = INITIAL
         self._engine_state = INITIAL.value
         self._waiters = []
+        self._awaiters = self._awaiting = None  # the parent's event loops do not exist here
         self._user = None
         self._ret = None
         self._holds = []

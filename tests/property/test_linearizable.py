@@ -51,7 +51,6 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import stepfsm
-from stepfsm import _aio
 from stepfsm.states import State
 from stepfsm.testing import (
     OUTCOMES,
@@ -240,29 +239,6 @@ def _waiters(step: Step) -> int:
     return stepfsm.lifecycle(step).statistics().waiting
 
 
-#: The coroutine a task awaits a claim's release in (``Lifecycle._await_free`` awaits
-#: the loop's shared future through it).
-_SHARED_WAIT = _aio.wait.__code__
-
-
-async def _awaiting() -> int:
-    """On a loop: how many of its tasks await a step's shared future that is not done yet.
-
-    Runs on the loop itself, where every other task is suspended, so reading
-    their ``cr_await`` chains (and the future they await) is safe.
-    """
-    count = 0
-    for task in asyncio.all_tasks():
-        coro: Any = task.get_coro()
-        while coro is not None:
-            if getattr(coro, "cr_code", None) is _SHARED_WAIT:
-                future = coro.cr_frame.f_locals.get("future") if coro.cr_frame else None
-                count += future is not None and not future.done()
-                break
-            coro = getattr(coro, "cr_await", None)
-    return count
-
-
 def _settle(workers: list[AnyWorker], gate: Gate, loops: tuple[LoopThread, ...] = ()) -> None:
     """Wait until every worker is idle, blocked in the gate, or waiting on the step.
 
@@ -284,9 +260,7 @@ def _settle(workers: list[AnyWorker], gate: Gate, loops: tuple[LoopThread, ...] 
     while True:
         in_gate = gate.waiting()
         pending = [w for w in workers if not w.idle and w.caller not in in_gate]
-        waiting = _waiters(step)
-        if pending and loops and len(pending) > waiting:
-            waiting += sum(loop.run(_awaiting(), SETTLE_TIMEOUT) for loop in loops)
+        waiting = _waiters(step)  # threads and tasks (statistics() counts both)
         settled = settled + 1 if len(pending) == waiting else 0
         if settled >= 2:
             return
