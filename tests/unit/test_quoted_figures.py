@@ -24,6 +24,10 @@ def test_the_number_of_mutants_is_the_one_quoted() -> None:
     assert f"{count} hand-made mutants" in _flat(ROOT / "tests" / "property" / "MUTANTS.md"), (
         f"tests/property/MUTANTS.md should say {count} hand-made mutants"
     )
+    testing = _flat(ROOT / "docs" / "testing.md")
+    assert re.findall(r"(\d+) hand-made mutants", testing) == [str(count)], (
+        f"docs/testing.md should say {count} hand-made mutants"
+    )
     readme = _flat(ROOT / "README.md")
     quoted = re.findall(r"(\d+) mutants", readme)
     assert quoted, "README.md no longer quotes the number of mutants"
