@@ -170,12 +170,15 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
     The flag the guards read comes last, so a guard never passes early.
     """
     key = id(owner)
-    _ORDER[key] = next(_SEQUENCE)
-    if config is not None:
-        bucket = (type(owner), config[0])
-        _CONFIG_OF[key] = (bucket, config[1])
-        _BY_CONFIG.setdefault(bucket, []).append(lc)
-    _LOADED[key] = lc.owner_ref
+    if _LOADED.get(key) is not lc.owner_ref:  # not again for a step marked already
+        _ORDER[key] = next(_SEQUENCE)  # (a refused operation's recovery marks it again)
+        if config is not None:
+            bucket = (type(owner), config[0])
+            _CONFIG_OF[key] = (bucket, config[1])
+            entries = _BY_CONFIG.setdefault(bucket, [])
+            if lc not in entries:
+                entries.append(lc)
+        _LOADED[key] = lc.owner_ref
     attrs = getattr(owner, "__dict__", None)
     if isinstance(attrs, dict):
         attrs[LOADED_FLAG] = True

@@ -303,3 +303,13 @@ def test_registry_reads_survive_steps_dying_mid_iteration(read: Callable[[], obj
         gc.set_threshold(*threshold)
         gc.callbacks.remove(drop_one)
     assert len(keep) < 5000, "no collection ran during the read: the test proves nothing"
+
+
+def test_a_refused_operation_does_not_move_a_step_in_the_load_order() -> None:
+    """A refused load() of a loaded step leaves its place in unload_all()'s order alone."""
+    first, second = FakeStep("first"), FakeStep("second")
+    first.load()
+    second.load()
+    with pytest.raises(stepfsm.AlreadyLoadedError):
+        first.load()  # refused; its recovery path must not re-register the step
+    assert list(stepfsm.unload_all()) == ["FakeStep 'second'", "FakeStep 'first'"]
