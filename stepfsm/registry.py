@@ -59,6 +59,7 @@ __all__ = [
     "register",
     "running",
     "status",
+    "status_row",
     "unload_all",
 ]
 
@@ -400,22 +401,27 @@ def status() -> Status:
 
     ``str(status())`` is a readable table; in Jupyter it renders as HTML.
     """
-    rows = []
-    for lc in live():
-        owner = lc.step
-        if owner is None:
-            continue
-        rows.append(
-            StepStatus(
-                name=lc.name,
-                cls=type(owner).__qualname__,
-                state=lc.state,
-                since=lc.since,
-                load_seconds=lc.last_load_seconds,
-                holders=len(lc.holders),
-            )
-        )
-    return Status(rows)
+    return Status([row for row in map(status_row, live()) if row is not None])
+
+
+def status_row(
+    lc: Lifecycle, node: str | None = None, pid: int | None = None, actor: str | None = None
+) -> StepStatus | None:
+    """``lc``'s row of a status table (``None`` once its step is gone)."""
+    owner = lc.step
+    if owner is None:
+        return None
+    return StepStatus(
+        name=lc.name,
+        cls=type(owner).__qualname__,
+        state=lc.state,
+        since=lc.since,
+        load_seconds=lc.last_load_seconds,
+        holders=len(lc.holders),
+        node=node,
+        pid=pid,
+        actor=actor,
+    )
 
 
 def unload_all() -> tuple[str, ...]:

@@ -293,23 +293,6 @@ def _actor_label(context: Any) -> str:
     return f"{cls.rpartition('.')[2]} {actor_id[:8]}"
 
 
-def _row(lc: Lifecycle, node: str, pid: int, actor: str | None) -> StepStatus | None:
-    owner = lc.step
-    if owner is None:
-        return None
-    return StepStatus(
-        name=lc.name,
-        cls=type(owner).__qualname__,
-        state=lc.state,
-        since=lc.since,
-        load_seconds=lc.last_load_seconds,
-        holders=len(lc.holders),
-        node=node,
-        pid=pid,
-        actor=actor,
-    )
-
-
 # ------------------------------------------------------------- the reporter
 
 
@@ -345,7 +328,14 @@ class _Reporter:
         ref = self.tracked.get(key)
         if ref is None or ref() is not owner:
             self.tracked[key] = weakref.ref(owner, self._gone(key))
-        self.outbox.put((next(self.sequence), key, _row(lc, self.node, self.pid, self.actor), done))
+        self.outbox.put(
+            (
+                next(self.sequence),
+                key,
+                registry.status_row(lc, self.node, self.pid, self.actor),
+                done,
+            )
+        )
 
     def _gone(self, key: int) -> Callable[[Any], None]:
         def gone(ref: Any) -> None:  # a weakref callback: SimpleQueue.put is reentrant
