@@ -118,7 +118,8 @@ class OpenAIServer:
 
     @property
     def requests(self) -> list[Request]:
-        """The requests answered so far, oldest first (a copy)."""
+        """The requests answered so far, oldest first (a copy); each is recorded just before
+        its answer is sent, so a client holding an answer finds its request here."""
         with self._lock:
             return list(self._requests)
 
@@ -248,6 +249,13 @@ class OpenAIServer:
                 status, payload = self._route(method, target.split("?", 1)[0], body)
         if self.delay:
             await asyncio.sleep(self.delay)
+        # recorded before the answer is sent: a client that has its answer finds it in requests
+        request = Request(
+            method, target.split("?", 1)[0], body, headers.get("authorization", ""), status
+        )
+        with self._lock:
+            self._requests.append(request)
+            count = len(self._requests)
         data = json.dumps(payload).encode("utf-8")
         writer.write(
             (
@@ -260,12 +268,6 @@ class OpenAIServer:
             + data
         )
         await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
-        request = Request(
-            method, target.split("?", 1)[0], body, headers.get("authorization", ""), status
-        )
-        with self._lock:
-            self._requests.append(request)
-            count = len(self._requests)
         if count >= self.max_requests:
             self._finish("max requests")
 
