@@ -78,7 +78,7 @@ def fire(model: Model, trigger: Trigger, source: State) -> State:
         StepStateError: the table has no such transition (a bug in stepfsm;
             ``transitions``' ``MachineError`` is its ``__cause__``).
     """
-    model._engine_state = source.value
+    model._engine_state = source._value_  # the member's own attribute: no descriptor call
     try:
         _EVENTS[trigger].trigger(model)
     except MachineError as err:

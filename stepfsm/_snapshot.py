@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from operator import is_
 from typing import Any, Final
 
 from ._settings import LOADED_FLAG, ClassConfig, class_config, patch
@@ -48,36 +49,37 @@ Values = dict[str, Any]
 
 
 class _Record:
-    """What one step's current (or last) load set.
+    """What one step's last load set (kept only when it set something).
 
-    While the load runs, ``pre`` (and ``pre_private``) are the values it
-    started from; afterwards ``before``/``after`` name each attribute it set,
-    with its pre-load and its loaded value.
+    ``before``/``after`` name each attribute the load set, with its pre-load
+    and its loaded value (and the same for pydantic private attributes).
     """
 
-    __slots__ = (
-        "after",
-        "after_private",
-        "before",
-        "before_private",
-        "owner",
-        "pre",
-        "pre_private",
-    )
+    __slots__ = ("after", "after_private", "before", "before_private", "owner")
 
-    def __init__(self, owner: object, pre: Values | None, pre_private: Values | None) -> None:
-        #: the step, weakly: a record whose step died is never applied to a new
-        #: object that reuses its id (its weakref callback may have been interrupted)
-        self.owner = weakref.ref(owner)
-        self.pre = pre
-        self.pre_private = pre_private
-        self.before: Values = {}
-        self.after: Values = {}
-        self.before_private: Values = {}
-        self.after_private: Values = {}
+    def __init__(
+        self,
+        owner: weakref.ref[Any],
+        before: Values,
+        after: Values,
+        before_private: Values,
+        after_private: Values,
+    ) -> None:
+        #: the lifecycle's weak reference to the step: a record whose step died is never
+        #: applied to a new object that reuses its id (its weakref callback may have
+        #: been interrupted), nor one an earlier lifecycle of that id left
+        self.owner = owner
+        self.before = before
+        self.after = after
+        self.before_private = before_private
+        self.after_private = after_private
 
 
+#: the attributes of the steps whose load is running: ``id -> (ref, pre, pre_private)``
+_STARTED: Final[dict[int, tuple[weakref.ref[Any], Values | None, Values | None]]] = {}
+#: what the last load of each loaded step set, for the steps whose load set anything
 _RECORDS: Final[dict[int, _Record]] = {}
+_NONE: Final[Values] = {}
 
 
 def attributes(owner: Any, cfg: ClassConfig) -> Values:
@@ -100,6 +102,12 @@ def changes(old: Values, new: Values) -> tuple[Values, Values]:
     Returns ``(before, after)``: each changed key with its old value
     (``_MISSING`` if it is new) and its new value.
     """
+    if (
+        len(old) == len(new)
+        and all(map(is_, old, new))
+        and all(map(is_, old.values(), new.values()))
+    ):
+        return _NONE, _NONE  # the same keys in the same order, holding the same objects
     before: Values = {}
     after: Values = {}
     for key, value in new.items():
@@ -110,38 +118,59 @@ def changes(old: Values, new: Values) -> tuple[Values, Values]:
     return before, after
 
 
-def begin(owner: Any, cfg: ClassConfig) -> None:
-    """A load of ``owner`` is about to run: record the values it starts from."""
-    pre = attributes(owner, cfg) if cfg.has_dict or cfg.slots else None
-    pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
-    _RECORDS[id(owner)] = _Record(owner, pre, pre_private)
+def begin(ref: weakref.ref[Any], owner: Any, cfg: ClassConfig) -> None:
+    """A load of ``owner`` (``ref``: its lifecycle's weak reference to it) is about to run:
+    record the values it starts from."""
+    if cfg.slots or cfg.private:
+        pre = attributes(owner, cfg) if cfg.has_dict or cfg.slots else None
+        pre_private = dict(owner.__pydantic_private__ or ()) if cfg.private else None
+    elif cfg.has_dict:  # the common case, inline: this runs on every load
+        pre = owner.__dict__.copy()
+        pre.pop(LOADED_FLAG, None)
+        pre_private = None
+    else:
+        return
+    _STARTED[id(owner)] = (ref, pre, pre_private)
 
 
-def finish(owner: Any, cfg: ClassConfig) -> None:
+def finish(ref: weakref.ref[Any], owner: Any, cfg: ClassConfig) -> None:
     """The load of ``owner`` ended (returned or raised): keep only what it set."""
-    record = _RECORDS.get(id(owner))
-    if record is None or record.owner() is not owner:
+    key = id(owner)
+    started = _STARTED.pop(key, None)
+    if started is None or started[0] is not ref:
         return
-    if record.pre is None and record.pre_private is None:
-        return
-    if record.pre is not None:
-        record.before, record.after = changes(record.pre, attributes(owner, cfg))
-    if record.pre_private is not None:
+    _ref, pre, pre_private = started
+    if pre_private is None and not cfg.slots and pre is not None:  # the common case, inline:
+        now = owner.__dict__  # C calls only below: no other thread runs while they compare
+        if (
+            len(pre) == len(now)
+            and all(map(is_, pre, now))
+            and all(map(is_, pre.values(), now.values()))
+        ):
+            _RECORDS.pop(key, None)  # the load set nothing
+            return
+    before = after = before_private = after_private = _NONE
+    if pre is not None:
+        before, after = changes(pre, attributes(owner, cfg))
+    if pre_private is not None:
         current = getattr(owner, "__pydantic_private__", None) or {}
-        record.before_private, record.after_private = changes(record.pre_private, current)
-    record.pre = record.pre_private = None
-    if not record.before and not record.before_private:
-        _RECORDS.pop(id(owner), None)
+        before_private, after_private = changes(pre_private, current)
+    if before or before_private:
+        _RECORDS[key] = _Record(ref, before, after, before_private, after_private)
+    else:
+        _RECORDS.pop(key, None)
 
 
 def drop(key: int) -> None:
     """Forget what the load of the step with ``id`` ``key`` set (it unloaded or died)."""
     _RECORDS.pop(key, None)
+    _STARTED.pop(key, None)
 
 
 def clear() -> None:
     """Forget every record (in a forked child)."""
     _RECORDS.clear()
+    _STARTED.clear()
 
 
 def strip(state: Values) -> Values:
@@ -160,16 +189,20 @@ def preload_state(obj: object, state: Values, private: bool = False) -> Values:
     """
     if not private:
         state = strip(state)
-    record = _RECORDS.get(id(obj))
-    if record is None or record.owner() is not obj:
-        return state
-    pre = record.pre_private if private else record.pre
-    if pre is not None:  # the load is running: compare with where it started
+    started = _STARTED.get(id(obj))
+    if started is not None and started[0]() is obj:  # the load is running: compare with
+        pre = started[2] if private else started[1]  # where it started
+        if pre is None:
+            return state
         before, after = changes(pre, state)
-    elif private:
-        before, after = record.before_private, record.after_private
     else:
-        before, after = record.before, record.after
+        record = _RECORDS.get(id(obj))
+        if record is None or record.owner() is not obj:
+            return state
+        if private:
+            before, after = record.before_private, record.after_private
+        else:
+            before, after = record.before, record.after
     if not before:
         return state
     result = dict(state)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import threading
 import time
@@ -109,8 +108,11 @@ _get_ident: Final = threading.get_ident
 _getframe: Final = sys._getframe
 _wall: Final = time.time
 _monotonic: Final = time.monotonic
-_find: Final = registry.find
+_live_by_id: Final = registry.live_by_id
 _log_enabled: Final = log.isEnabledFor
+_running: Final = registry.RUNNING
+_INF: Final = float("inf")
+_object_eq: Final[Any] = object.__eq__
 _DEBUG: Final = logging.DEBUG
 _INFO: Final = logging.INFO
 
@@ -493,7 +495,7 @@ class Lifecycle:
         """
         if self._cfg.is_async:
             self._sync_allowed("ensure_loaded")
-        stack = registry.running()
+        stack = _running.stack
         if stack:
             parent = self._parent(stack)
             if parent is not None:
@@ -508,6 +510,7 @@ class Lifecycle:
             raise
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     def reload(self, force: bool = False) -> Any:
         """Unload (if loaded) and load again; from ``failed``, clean up then load.
@@ -545,6 +548,7 @@ class Lifecycle:
             raise
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     def acquire(self, holder: object = None) -> None:
         """Take a hold on the step, loading it first if needed.
@@ -600,6 +604,7 @@ class Lifecycle:
             raise
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     @contextlib.contextmanager
     def loaded(self) -> Iterator[Any]:
@@ -841,7 +846,7 @@ class Lifecycle:
                 continue
             self._not_in_task(operation)
             timeout = self.timeout
-            if deadline is None and timeout is not None and timeout != math.inf:
+            if deadline is None and timeout is not None and timeout != _INF:
                 deadline = _monotonic() + timeout
             pause: float | None = None  # no slices: one watcher per future looks for abandonment
             if deadline is not None:
@@ -879,7 +884,7 @@ class Lifecycle:
             if self._state is _LOADING:  # a super().load() inside our own load
                 return fn(self.owner_ref(), *args, **kwargs)
             raise TransitionInProgressError(self.name, self._state, "load", None)
-        stack = registry.running()
+        stack = _running.stack
         if stack:
             parent = self._parent(stack)
             if parent is not None:
@@ -903,6 +908,7 @@ class Lifecycle:
             raise
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     def _call_unload(
         self,
@@ -922,7 +928,7 @@ class Lifecycle:
             if self._state is _UNLOADING:  # a super().unload() inside our own unload
                 return fn(self.owner_ref(), *args, **kwargs)
             raise TransitionInProgressError(self.name, self._state, "unload", None)
-        stack = registry.running()
+        stack = _running.stack
         top = self._top(stack) if stack else None
         if top is not None:
             holder = top[0]
@@ -951,11 +957,17 @@ class Lifecycle:
             raise
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     # ---------------------------------------------------------------- claims
 
     def _claim(self, operation: str) -> Claim:
         """Claim the lifecycle for the calling operation; wait while another holds it.
+
+        The claim holds the caller's frame, so the caller ends with
+        ``_end(claim)`` then ``del claim``: a claim left in its own frame's
+        locals makes a cycle that only the garbage collector frees (the frame
+        is copied out at exit, and 8 objects per load/unload cycle wait for GC).
 
         Raises:
             TransitionInProgressError: this thread's own running operation holds
@@ -985,7 +997,7 @@ class Lifecycle:
                     raise TransitionInProgressError(self.name, self._state, operation, None)
                 else:
                     timeout = self.timeout
-                    if deadline is None and timeout is not None and timeout != math.inf:
+                    if deadline is None and timeout is not None and timeout != _INF:
                         deadline = _monotonic() + timeout
                     if waiter is None:  # listed once; the releaser pops and releases it
                         waiter = threading.Lock()
@@ -1001,7 +1013,7 @@ class Lifecycle:
                                 )
                         if waiter.acquire(True, pause):  # woken: listen for the next release
                             self._waiters.append(waiter)
-                    if link is not None and link.cancelled and not self._top(registry.running()):
+                    if link is not None and link.cancelled and not self._top(_running.stack):
                         raise _aio.cancelled()  # its task gave up waiting: never start it
                 held = _CLAIMS.setdefault(self, claim)
                 if held is claim:
@@ -1058,6 +1070,7 @@ class Lifecycle:
             self._recover(None)
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     def _recover(self, error: BaseException | None) -> None:
         """With the claim held: settle what an operation cut short left. Idempotent.
@@ -1067,14 +1080,14 @@ class Lifecycle:
         nobody saw it). Then the loaded flag and tables are made to agree.
         """
         self._user = None
-        stack = registry.running()
+        stack = _running.stack
         while stack and stack[-1][0] is self:
             stack.pop()
         state = self._state
         owner = self.owner_ref()
         if state is _LOADING:
             if owner is not None:
-                _snapshot.finish(owner, self._cfg)
+                _snapshot.finish(self.owner_ref, owner, self._cfg)
             if self._ret is not None:
                 self._finish_load()
             else:
@@ -1109,7 +1122,12 @@ class Lifecycle:
         """With the claim held and the state ``unloaded``: run the load; return its value."""
         owner: Any = self.owner_ref()
         cfg = self._cfg
-        config = registry.config_key(owner, cfg)
+        # registry.config_key's first test, inline: most classes compare by identity
+        config = (
+            registry.config_key(owner, cfg)
+            if cfg.private or type(owner).__eq__ is not _object_eq
+            else None
+        )
         if config is not None:
             other = registry.find_duplicate(self, owner, config)
             if other is not None:  # before begin_load: an error filter leaves the state alone
@@ -1117,14 +1135,16 @@ class Lifecycle:
         self._config = config
         self._hold_key = None  # a new key when this load first takes a hold (see _key)
         self._ret = None
-        _snapshot.begin(owner, cfg)
+        _snapshot.begin(self.owner_ref, owner, cfg)
         self._fire("begin_load")
         if self._outbox:
             self._deliver()
         error = self._call_user(claim, owner, "load", fn, args, kwargs)
         if _CLAIMS.get(self) is not claim:  # forked inside the load: this child starts over
             return self._abandoned(error)
-        _snapshot.finish(owner, cfg)  # also after a failure: a failed step may hold part
+        _snapshot.finish(
+            self.owner_ref, owner, cfg
+        )  # also after a failure: a failed step may hold part
         if error is None:
             self._finish_load()
             ret, self._ret = self._ret, None
@@ -1216,13 +1236,14 @@ class Lifecycle:
         ``self._ret`` is written on the line that calls it, so "the user's code
         returned" is recorded with no bytecode an interrupt could land between.
         """
-        stack = registry.running()
+        stack = _running.stack
         stack.append((self, op, claim))
         self._user = claim
+        cfg = self._cfg
         try:
-            if op == "load" and self._cfg.before_load is not None:
-                self._cfg.before_load(owner)
-            if self._cfg.is_async:  # on the awaiting task's loop; this thread waits
+            if cfg.before_load is not None and op == "load":
+                cfg.before_load(owner)
+            if cfg.is_async:  # on the awaiting task's loop; this thread waits
                 self._ret = (_aio.run_coroutine(fn(owner, *args, **kwargs), (self, op)),)
             else:
                 self._ret = (fn(owner, *args, **kwargs),)
@@ -1242,11 +1263,8 @@ class Lifecycle:
         return ret[0] if ret is not None else None
 
     def _finish_load(self) -> None:
-        self._fire("finish_load")
-        self._load_s = max(0.0, (self._since or 0.0) - self._began)
+        self._fire("finish_load")  # sets _load_s, and logs
         self._error = self._cleanup_error = None
-        if _log_enabled(_INFO):
-            log.info("loaded %s in %.3f s", self.name, self._load_s)
 
     def _finish_unload(self) -> None:
         self._fire("finish_unload")
@@ -1254,10 +1272,8 @@ class Lifecycle:
         self._config = None
         _snapshot.drop(self.owner_ref.key)
         self._error = self._cleanup_error = None
-        self._children_due()
-        if _log_enabled(_INFO):
-            took = max(0.0, (self._since or 0.0) - self._began)
-            log.info("unloaded %s in %.3f s", self.name, took)
+        if self._children:
+            self._children_due()
 
     def _fail(self, error: BaseException) -> None:
         """End the running transition in ``failed`` because the user's code raised ``error``."""
@@ -1281,9 +1297,8 @@ class Lifecycle:
         source = self._state
         if source is _LOADED:
             registry.mark_unloaded(self, self.owner_ref())  # guards stop passing first
-        state = _engine.fire(self, trigger, source)
-        self._state = state
-        wall = _wall()
+        self._state = state = _engine.fire(self, trigger, source)
+        self._since = wall = _wall()
         if trigger[0] == "b":  # begin_load / begin_unload
             self._from = source
             self._began = wall
@@ -1292,6 +1307,7 @@ class Lifecycle:
             )
         else:
             began = self._began
+            took = wall - began
             record = _tuple_new(
                 TransitionRecord,
                 (
@@ -1299,26 +1315,37 @@ class Lifecycle:
                     source,
                     state,
                     began,
-                    max(0.0, wall - began),
+                    took if took > 0.0 else 0.0,
                     _get_ident(),
                     None if error is None else _detached(error),
                 ),
             )
-        self._since = wall
-        if state is _LOADED:
-            owner = self.owner_ref()
-            if owner is not None:
-                registry.mark_loaded(self, owner, self._config)  # the guards' flag comes last
+            if state is _LOADED:
+                self._load_s = record.duration
+                owner = self.owner_ref()
+                if owner is not None:  # the guards' flag comes last
+                    registry.mark_loaded(self, owner, self._config)
         history = self._history
         if history is None:
             history = self._history = deque(maxlen=_settings.history_size())
         history.append(record)
-        if self._listeners or _settings.listeners():
+        if self._listeners or _settings.LISTENERS:
             if self._outbox is None:
                 self._outbox = []
             self._outbox.append(record)
+        if _log_enabled(_INFO):  # one test on the hot path: DEBUG is enabled only where INFO is
+            self._log(record)
+
+    def _log(self, record: TransitionRecord) -> None:
+        """Log a transition: every one at DEBUG, the end of a load or an unload at INFO."""
         if _log_enabled(_DEBUG):
-            log.debug("%s: %s %s -> %s", self.name, trigger, source.value, state.value)
+            log.debug(
+                "%s: %s %s -> %s", self.name, record.trigger, record.source.value, record.dest.value
+            )
+        if record.trigger == "finish_load":
+            log.info("loaded %s in %.3f s", self.name, record.duration)
+        elif record.trigger == "finish_unload":
+            log.info("unloaded %s in %.3f s", self.name, record.duration)
 
     def _deliver(self) -> None:
         """Give pending transition records to the listeners (each record once)."""
@@ -1328,7 +1355,7 @@ class Lifecycle:
                 record = outbox.pop(0)
             except IndexError:  # another thread delivered it
                 return
-            for fn in (*self._listeners, *_settings.listeners()):
+            for fn in (*self._listeners, *_settings.LISTENERS):
                 try:
                     fn(self, record)
                 except Exception:
@@ -1358,6 +1385,7 @@ class Lifecycle:
             raise
         finally:
             self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     def _drop_hold(self, holder: object) -> bool:
         """With the claim held: drop the newest hold by ``holder``; ``False`` if there is none."""
@@ -1506,12 +1534,18 @@ def lifecycle(obj: object) -> Lifecycle:
 
 def call_load(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
     """A call of ``obj``'s wrapped load method, whose own code is ``fn`` (``wrap`` uses it)."""
-    return (_find(obj) or lifecycle(obj))._call_load(fn, args, kwargs)
+    lc = _live_by_id(id(obj))  # registry.find(obj), inline
+    if lc is None or lc.owner_ref() is not obj:
+        lc = lifecycle(obj)
+    return lc._call_load(fn, args, kwargs)
 
 
 def call_unload(obj: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Any:
     """A call of ``obj``'s wrapped unload method, whose own code is ``fn`` (``wrap`` uses it)."""
-    return (_find(obj) or lifecycle(obj))._call_unload(fn, args, kwargs)
+    lc = _live_by_id(id(obj))  # registry.find(obj), inline
+    if lc is None or lc.owner_ref() is not obj:
+        lc = lifecycle(obj)
+    return lc._call_unload(fn, args, kwargs)
 
 
 def require_loaded(obj: object, operation: str) -> None:

@@ -25,7 +25,6 @@ finalizers in the child).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import os
 import sys
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from .machine import Lifecycle
 
 __all__ = [
+    "RUNNING",
     "OwnerRef",
     "Status",
     "StepStatus",
@@ -52,12 +52,12 @@ __all__ = [
     "find",
     "find_duplicate",
     "live",
+    "live_by_id",
     "loaded_table",
     "mark_loaded",
     "mark_unloaded",
     "owner_ref",
     "register",
-    "running",
     "status",
     "status_row",
     "unload_all",
@@ -123,6 +123,11 @@ def find(obj: object) -> Lifecycle | None:
     if lc is not None and lc.owner_ref() is obj:
         return lc
     return None
+
+
+#: ``live_by_id(id(obj))``: the first test of :func:`find` (check ``owner_ref() is obj``),
+#: for the wrapped load/unload, which run it on every call.
+live_by_id: Final = _LIVE.get
 
 
 def register(obj: object, lc: Lifecycle) -> Lifecycle:
@@ -194,7 +199,8 @@ def mark_unloaded(lc: Lifecycle, owner: object | None) -> None:
     key = lc.owner_ref.key
     if _LOADED.get(key) is lc.owner_ref:
         del _LOADED[key]
-    _unindex(key, lc)
+    if key in _CONFIG_OF:
+        _unindex(key, lc)
 
 
 def _unindex(key: int, lc: Lifecycle) -> None:
@@ -246,10 +252,12 @@ def config_key(owner: Any, cfg: ClassConfig) -> tuple[Hashable, object] | None:
     try:
         if cfg.private:
             data: object = owner.model_dump()
+        elif cls.__eq__ is object.__eq__:  # first: the common case, and a dataclass's eq=True
+            return None  # always defines __eq__
         elif getattr(getattr(cls, "__dataclass_params__", None), "eq", False):
+            import dataclasses  # lazily (imported already: cls is a dataclass)
+
             data = tuple(getattr(owner, f.name) for f in dataclasses.fields(cls) if f.compare)
-        elif cls.__eq__ is object.__eq__:
-            return None
         else:
             return (_GENERIC, None)
     except Exception:  # a configuration that cannot be read cannot be compared
@@ -294,12 +302,9 @@ class _Running(threading.local):
         self.stack: list[tuple[Lifecycle, str, object]] = []
 
 
-_running = _Running()
-
-
-def running() -> list[tuple[Lifecycle, str, object]]:
-    """This thread's stack of ``(lifecycle, "load" or "unload", claim)``, innermost last."""
-    return _running.stack
+#: ``RUNNING.stack``: this thread's stack of ``(lifecycle, "load" or "unload", claim)``,
+#: innermost last (an attribute read, not a call: the lifecycle reads it on every operation).
+RUNNING: Final = _Running()
 
 
 # ------------------------------------------------------------------- status
@@ -473,7 +478,7 @@ def _after_fork_in_child() -> None:
     _LOADED.clear()
     _BY_CONFIG.clear()
     _CONFIG_OF.clear()
-    _running.stack = []
+    RUNNING.stack = []
     _snapshot.clear()
     for fn in _fork_callbacks:
         fn()

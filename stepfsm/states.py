@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 __all__ = [
     "INITIAL",
@@ -42,8 +41,7 @@ class State(str, enum.Enum):
 Trigger = Literal["begin_load", "finish_load", "begin_unload", "finish_unload", "fail"]
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     """One row of the table: ``trigger`` moves any of ``sources`` to ``dest``."""
 
     trigger: Trigger

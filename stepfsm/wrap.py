@@ -23,7 +23,6 @@ loaded; its class carries ``False``), or, for classes without a ``__dict__``,
 from __future__ import annotations
 
 import copyreg
-import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable
@@ -267,6 +266,8 @@ def _kind(cls: type, name: str, is_async: bool) -> str | None:
 
 def _check_definition(cls: type, cfg: ClassConfig) -> None:
     if cls.__weakrefoffset__ == 0:
+        import dataclasses  # lazily: only this error needs it
+
         raise not_weakrefable(cls, dataclass_slots=dataclasses.is_dataclass(cls))
     if cfg.load == cfg.unload:
         raise same_methods(cls, cfg.load)

@@ -116,7 +116,7 @@ def busy_switching() -> Iterator[None]:
 def _clean_stepfsm() -> Iterator[None]:
     """Each test starts with default settings and leaves no step loaded."""
     previous = _settings.snapshot()
-    listeners = _settings.listeners()
+    listeners = _settings.LISTENERS
     HANDLES.drop()  # count only the handles this test opens
     yield
     previous.restore()

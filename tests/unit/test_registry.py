@@ -229,6 +229,34 @@ def test_logger_reports_transitions_and_durations(
     ) in levels
 
 
+def test_logger_at_info_reports_loads_and_unloads_only(
+    step: FakeStep, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At INFO: one line per load and per unload, with its duration; no transition lines."""
+    with caplog.at_level(logging.INFO, logger="stepfsm"):
+        step.load()
+        step.unload()
+    messages = [(r.levelname, r.getMessage().split(" in ")[0]) for r in caplog.records]
+    assert messages == [("INFO", "loaded FakeStep 'gen_0'"), ("INFO", "unloaded FakeStep 'gen_0'")]
+    seconds = float(caplog.records[0].getMessage().split(" in ")[1].removesuffix(" s"))
+    assert seconds == pytest.approx(stepfsm.lifecycle(step).last_load_seconds, abs=1e-3)
+
+
+def test_history_records_are_the_objects_listeners_got(step: FakeStep) -> None:
+    """Reading the history twice gives the same record objects, the ones listeners were given
+    (the testing kit finds "what ran since" by identity)."""
+    lc = stepfsm.lifecycle(step)
+    got: list[stepfsm.TransitionRecord] = []
+    lc.subscribe(lambda _lc, record: got.append(record))
+    step.load()
+    step.unload()
+    first, second = lc.history, lc.history
+    assert len(first) == 4
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert all(a is b for a, b in zip(got, first, strict=True)), "listeners got other objects"
+    assert lc.last_load_seconds == first[1].duration
+
+
 def test_lifecycle_repr_and_since(step: FakeStep) -> None:
     """A lifecycle's repr names the step, its state and since when."""
     lc = stepfsm.lifecycle(step)
