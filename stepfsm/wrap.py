@@ -211,11 +211,11 @@ def make_stateful(
     if cfg.has_dict and cls.__dict__.get(LOADED_FLAG) is not False:
         patch(cls, LOADED_FLAG, False)
     if cfg.is_async:
-        _wrap_transition(cls, cfg.load, machine.acall_load)
-        _wrap_transition(cls, cfg.unload, machine.acall_unload)
+        _wrap_transition(cls, cfg.load, _through(machine.acall_load))
+        _wrap_transition(cls, cfg.unload, _through(machine.acall_unload))
     else:
-        _wrap_transition(cls, cfg.load, machine.call_load)
-        _wrap_transition(cls, cfg.unload, machine.call_unload)
+        _wrap_transition(cls, cfg.load, machine.load_method)
+        _wrap_transition(cls, cfg.unload, machine.unload_method)
     for name in cfg.guard:
         guarded = _guard.make_guard(getattr(cls, name), name, flag=cfg.has_dict)
         if guarded is not None:
@@ -297,19 +297,30 @@ def _did_you_mean(cls: type, name: str, exclude: str = "") -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+def _through(
+    call: Callable[[object, Callable[..., Any], tuple[Any, ...], Any], Any],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A maker of wrapped methods whose calls go through ``call(self, fn, args, kwargs)``."""
+
+    def make(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return call(self, fn, args, kwargs)
+
+        return method
+
+    return make
+
+
 def _wrap_transition(
     cls: type,
     name: str,
-    call: Callable[[object, Callable[..., Any], tuple[Any, ...], Any], Any],
+    make: Callable[[Callable[..., Any]], Callable[..., Any]],
 ) -> None:
-    """Wrap the class's own load (or unload) method ``name``: calls go through ``call``."""
+    """Wrap the class's own load (or unload) method ``name`` with ``make(method)``."""
     fn: Callable[..., Any] = getattr(cls, name)
     if hasattr(fn, "__stepfsm_original__"):
         return
-
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return call(self, fn, args, kwargs)
-
+    method = make(fn)
     functools.update_wrapper(method, fn)
     method.__stepfsm_original__ = fn  # type: ignore[attr-defined]
     patch(cls, name, method)

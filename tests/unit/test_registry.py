@@ -11,7 +11,7 @@ import pytest
 
 import stepfsm
 from stepfsm import DuplicateLoadWarning, State, registry
-from stepfsm.machine import call_load
+from stepfsm.machine import load_method
 from tests.conftest import FakeStep
 from tests.fakes import Boom, Step
 
@@ -177,7 +177,7 @@ def test_listener_sees_begin_before_the_load_runs(step: FakeStep) -> None:
         order.append("user load")
         real_load(self)
 
-    call_load(step, load_spy, (), {})
+    load_method(load_spy)(step)
     assert order == ["begin_load", "user load", "finish_load"]
 
 
