@@ -12,6 +12,7 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),
   recovery
+* ``_group``     ``group()``: several steps loaded at once, all or nothing
 * ``_guard``     guards: the loaded check written into a guarded method
 * ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping
 * ``_travel``    what a pickled step carries to another process (settings, its
@@ -40,6 +41,8 @@ from collections.abc import Iterator as _Iterator
 from typing import Any as _Any
 
 from . import _travel  # wires what a pickled step carries (no public names)
+from ._group import Group as Group
+from ._group import group as group
 from ._settings import Configured as Configured
 from ._settings import configure as configure
 from ._settings import is_stateful as is_stateful
@@ -49,6 +52,7 @@ from .errors import CleanupWarning as CleanupWarning
 from .errors import DefinitionError as DefinitionError
 from .errors import DiagramError as DiagramError
 from .errors import DuplicateLoadWarning as DuplicateLoadWarning
+from .errors import GroupLoadError as GroupLoadError
 from .errors import LoadError as LoadError
 from .errors import NotLoadedError as NotLoadedError
 from .errors import RepeatedLoadWarning as RepeatedLoadWarning
@@ -89,6 +93,8 @@ __all__ = [
     "DefinitionError",
     "DiagramError",
     "DuplicateLoadWarning",
+    "Group",
+    "GroupLoadError",
     "Lifecycle",
     "LifecycleStatistics",
     "LoadError",
@@ -116,6 +122,7 @@ __all__ = [
     "configure",
     "diagram",
     "ensure_loaded",
+    "group",
     "is_loaded",
     "is_stateful",
     "lifecycle",

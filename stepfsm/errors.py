@@ -38,6 +38,7 @@ __all__ = [
     "DefinitionError",
     "DiagramError",
     "DuplicateLoadWarning",
+    "GroupLoadError",
     "LoadError",
     "NotLoadedError",
     "RepeatedLoadWarning",
@@ -343,6 +344,91 @@ class LoadError(TransitionError):
             detail=" in the clean-up (unload) that runs before a retried load, so the "
             "load did not run",
         )
+
+
+if sys.version_info >= (3, 11):
+    import builtins
+
+    _ExceptionGroup = builtins.ExceptionGroup
+else:  # pragma: no cover - CI runs 3.11
+    from exceptiongroup import ExceptionGroup as _ExceptionGroup
+
+
+class GroupLoadError(LoadError, _ExceptionGroup):
+    """Loading a group of steps failed; what the call had loaded was unloaded again.
+
+    It is a :class:`LoadError` and an ``ExceptionGroup`` whose ``exceptions``
+    are every step's load error (``except* LoadError`` works on it), raised
+    once every load of the call has settled and the rollback has run.
+
+    Attributes:
+        failed: the display names of the steps whose load failed.
+        rolled_back: the display names of the steps this call had loaded and
+            unloaded again (reverse order); steps loaded before the call are left alone.
+        rollback_errors: what unloading them raised (never in place of the load errors).
+        cause: the first load error (``__cause__`` too).
+    """
+
+    failed: tuple[str, ...]
+    rolled_back: tuple[str, ...]
+    rollback_errors: tuple[BaseException, ...]
+
+    def __new__(
+        cls,
+        failures: Sequence[tuple[str, Exception]],
+        rolled_back: Sequence[str] = (),
+        rollback_errors: Sequence[BaseException] = (),
+    ) -> GroupLoadError:
+        message = _group_message(failures, rolled_back, rollback_errors)
+        error: GroupLoadError = super().__new__(cls, message, [e for _, e in failures])
+        return error
+
+    def __init__(
+        self,
+        failures: Sequence[tuple[str, Exception]],
+        rolled_back: Sequence[str] = (),
+        rollback_errors: Sequence[BaseException] = (),
+    ) -> None:
+        _ExceptionGroup.__init__(
+            self,
+            _group_message(failures, rolled_back, rollback_errors),
+            [e for _, e in failures],
+        )
+        self.failed = tuple(name for name, _ in failures)
+        self.rolled_back = tuple(rolled_back)
+        self.rollback_errors = tuple(rollback_errors)
+        self.step = f"a group of {len(failures)} failed step{'s' if len(failures) != 1 else ''}"
+        self.operation = "load"
+        self.cause = failures[0][1]
+        self.state = State.FAILED
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        failures = list(zip(self.failed, self.exceptions, strict=True))
+        return (GroupLoadError, (failures, self.rolled_back, self.rollback_errors))
+
+
+def _group_message(
+    failures: Sequence[tuple[str, Exception]],
+    rolled_back: Sequence[str],
+    rollback_errors: Sequence[BaseException],
+) -> str:
+    count = len(failures)
+    first = "; ".join(f"{name}: {describe(_root(error))}" for name, error in failures)
+    text = f"the group load failed: {count} step{'s' if count != 1 else ''} did not load ({first})"
+    if rolled_back:
+        text += f"; unloaded again what this call had loaded: {', '.join(rolled_back)}"
+    if rollback_errors:
+        text += (
+            f"; {len(rollback_errors)} of those unloads raised "
+            f"({'; '.join(describe(e) for e in rollback_errors)})"
+        )
+    return text + ". The failed steps are 'failed': fix the cause and load the group again."
+
+
+def _root(error: BaseException) -> BaseException:
+    while isinstance(error, TransitionError):
+        error = error.cause
+    return error
 
 
 class UnloadError(TransitionError):

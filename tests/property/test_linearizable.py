@@ -302,15 +302,14 @@ def _check_linearizable(start: Config, step: Step, calls: list[Call], what: str)
         assert open_count(step) == 0, f"{what}: 'unloaded' with {open_count(step)} resources"
 
 
-def _interleave(
+def _run_moves(
     workers: list[AnyWorker],
     gate: Gate,
     moves: list[str],
-    schedule: list[int],
+    picks: Iterator[int],
     loops: tuple[LoopThread, ...],
 ) -> None:
-    """Start operations and end loads/unloads as ``schedule`` says until nothing is left."""
-    picks = iter(schedule)
+    """Start operations and end loads/unloads as ``picks`` says until no move is left."""
     while True:
         _settle(workers, gate, loops)
         waiting = gate.waiting()
@@ -326,7 +325,7 @@ def _interleave(
                 (f"{owner}'s {kind} ends {how}", None, how) for how in ("ok", "error", "interrupt")
             ]
         if not choices:
-            break
+            return
         # The schedule is drawn up front, as indices: which woken thread wins the lock is
         # up to the OS, so how many moves a run takes may differ when hypothesis replays
         # it; the data drawn must not. Past its end, the first choice is taken.
@@ -339,12 +338,31 @@ def _interleave(
             assert how is not None
             (ident,) = waiting
             gate.finish(ident, how)
-    # A thread woken by the last release queues again for a moment before it takes the
-    # claim, so it can look like a waiter to _settle(); it is done within microseconds,
-    # while a lost wake-up leaves a caller waiting until its next check (0.2 s slices).
-    grace = time.monotonic() + LOST_WAKEUP_GRACE
-    while any(not w.idle for w in workers) and time.monotonic() < grace:
-        time.sleep(0.0005)
+
+
+def _interleave(
+    workers: list[AnyWorker],
+    gate: Gate,
+    moves: list[str],
+    schedule: list[int],
+    loops: tuple[LoopThread, ...],
+) -> None:
+    """Start operations and end loads/unloads as ``schedule`` says until nothing is left."""
+    picks = iter(schedule)
+    while True:
+        _run_moves(workers, gate, moves, picks, loops)
+        # A thread woken by the last release queues again for a moment before it takes the
+        # claim, so it can look like a waiter to _settle(); it is done within microseconds,
+        # while a lost wake-up leaves a caller waiting until its next check (0.2 s slices).
+        grace = time.monotonic() + LOST_WAKEUP_GRACE
+        while any(not w.idle for w in workers) and time.monotonic() < grace:
+            if gate.waiting():
+                break
+            time.sleep(0.0005)
+        if not gate.waiting():
+            break
+        # that caller took the claim meanwhile and its load/unload now waits in the gate
+        # (on a busy machine two polls of _settle() can both see it queued): go on
     stuck = [_name(w) for w in workers if not w.idle]
     assert not stuck, (
         f"after [{', '.join(moves)}] callers {stuck} still wait although no load/unload is "

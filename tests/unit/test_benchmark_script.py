@@ -78,3 +78,18 @@ def test_missing_optional_peers_are_reported_not_fatal() -> None:
     for label in ("python-statemachine", "Automat TypeMachine"):
         row = next(line for line in lines if line.startswith(label))
         assert row.endswith("not installed"), row
+
+
+def test_group_benchmark_prints_every_size() -> None:
+    """``bench_group.py --quick`` runs and prints a row per N and the verdict (no timings)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_group.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split()[0] for line in done.stdout.splitlines()[2:-1]]
+    assert rows == ["1", "2", "8"], done.stdout
+    assert done.stdout.splitlines()[-1].startswith("worst "), done.stdout

@@ -962,6 +962,10 @@ def error_samples() -> dict[type[BaseException], BaseException]:
         ),
         errors.TransitionError: errors.TransitionError("FakeStep 'gen_0'", "load", cause),
         errors.LoadError: errors.LoadError("FakeStep 'gen_0'", "load", cause),
+        errors.GroupLoadError: errors.GroupLoadError(
+            [("FakeStep 'gen_0'", errors.LoadError("FakeStep 'gen_0'", "load", cause))],
+            ["FakeStep 'gen_1'"],
+        ),
         errors.UnloadError: errors.UnloadError("FakeStep 'gen_0'", "unload", cause),
         errors.DefinitionError: errors.DefinitionError("FakeStep has no load() method"),
         errors.DiagramError: errors.DiagramError("Graphviz 'dot' is not installed"),

@@ -43,6 +43,11 @@ def _error_samples() -> list[BaseException]:
         stepfsm.TransitionError("LLM 'a'", "load", cause),
         stepfsm.LoadError("LLM 'a'", "load", cause),
         stepfsm.LoadError.in_cleanup("LLM 'a'", cause),
+        stepfsm.GroupLoadError(
+            [("LLM 'a'", stepfsm.LoadError("LLM 'a'", "load", cause))],
+            ["LLM 'b'"],
+            [stepfsm.UnloadError("LLM 'b'", "unload", cause)],
+        ),
         stepfsm.UnloadError("LLM 'a'", "unload", cause),
         stepfsm.DefinitionError("bad class"),
         stepfsm.DiagramError("no dot"),
@@ -62,6 +67,12 @@ def _same(one: Any, other: Any) -> bool:
             and str(one) == str(other)
             and vars(one).keys() == vars(other).keys()
             and all(_same(v, vars(other)[k]) for k, v in vars(one).items())
+        )
+    if isinstance(one, (tuple, list)):  # e.g. GroupLoadError.rollback_errors
+        return (
+            type(one) is type(other)
+            and len(one) == len(other)
+            and all(_same(a, b) for a, b in zip(one, other, strict=True))
         )
     return bool(one == other)
 
