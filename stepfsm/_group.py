@@ -182,7 +182,8 @@ class Group:
                 raise interrupt
             raise GroupLoadError(failures, rolled_back, rollback_errors) from failures[0][1]
         ordered = [lc for lc in self._lifecycles if lc in acquired]
-        self._held.extend(ordered)
+        # a step held before (its hold evicted by an unload(force=True)) is listed once
+        self._held.extend(lc for lc in ordered if lc not in self._held)
         return tuple(lc.name for lc in ordered)
 
     def _roll_back(self, acquired: list[Lifecycle]) -> tuple[list[str], list[BaseException]]:

@@ -231,6 +231,21 @@ def test_unload_leaves_a_step_other_holders_still_hold() -> None:
     assert stepfsm.state(shared) is State.UNLOADED, "the last release did not unload it"
 
 
+def test_a_forced_unload_evicts_the_group_which_can_load_again() -> None:
+    """unload(force=True) of a held step evicts the group's hold; the group loads it again
+    and releases it once."""
+    step = FakeStep()
+    group = stepfsm.group(step)
+    group.load()
+    stepfsm.lifecycle(step).unload(force=True)
+    assert stepfsm.state(step) is State.UNLOADED
+    assert group.ensure_loaded() == (stepfsm.lifecycle(step).name,)
+    assert group.held == (stepfsm.lifecycle(step).name,)
+    assert group.unload() == (stepfsm.lifecycle(step).name,)
+    assert stepfsm.state(step) is State.UNLOADED
+    assert step.loads == 2
+
+
 def test_group_loads_from_threads_are_safe() -> None:
     """Two threads loading overlapping groups: each step loads once."""
     a, b, c = steps(3, delay=0.05)
