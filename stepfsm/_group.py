@@ -1,6 +1,6 @@
 """Groups: load several steps at once, all or nothing (``docs/design.md``, section 12).
 
-``group(*steps)`` loads the steps that are not loaded in a thread pool, each
+``group(*steps)`` loads the steps that are not loaded in worker threads, each
 with an ``acquire()`` by the group: the group holds what it loaded, and a
 release by the group unloads a step only if that acquire did the load and no
 other holder remains. A step that loads another inside its own load (a task
@@ -17,7 +17,7 @@ as after a single failed load.
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
@@ -31,7 +31,7 @@ __all__ = ["Group", "group"]
 class Group:
     """Several steps loaded and unloaded together (see :func:`group`)."""
 
-    __slots__ = ("_held", "_lifecycles", "_max_workers", "_steps")
+    __slots__ = ("_held", "_lifecycles", "_lock", "_max_workers", "_steps")
 
     def __init__(self, steps: Iterable[object], max_workers: int | None = None) -> None:
         unique: dict[int, object] = {}
@@ -48,8 +48,9 @@ class Group:
             )
         self._lifecycles: tuple[Lifecycle, ...] = tuple(lifecycle(s) for s in self._steps)
         self._max_workers = max_workers
-        #: the lifecycles this group's loads acquired and has not released, in group order
+        #: every hold the group's loads took and it has not released (one entry per hold)
         self._held: list[Lifecycle] = []
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ facts
 
@@ -65,8 +66,10 @@ class Group:
 
     @property
     def held(self) -> tuple[str, ...]:
-        """The display names of the steps the group holds (it loaded them)."""
-        return tuple(lc.name for lc in self._held)
+        """The display names of the steps the group holds (it loaded them), in group order."""
+        with self._lock:
+            held = set(self._held)
+        return tuple(lc.name for lc in self._lifecycles if lc in held)
 
     def __repr__(self) -> str:
         names = ", ".join(lc.name for lc in self._lifecycles)
@@ -123,14 +126,18 @@ class Group:
         """
         released: list[str] = []
         first: BaseException | None = None
-        while self._held:
-            lc = self._held.pop()
+        while True:
+            with self._lock:
+                if not self._held:
+                    break
+                lc = self._held.pop()
             try:
                 lc.release(self)
             except Exception as error:
                 first = first or error
             else:
-                released.append(lc.name)
+                if lc.name not in released:
+                    released.append(lc.name)
         if first is not None:
             raise first
         return tuple(released)
@@ -150,77 +157,127 @@ class Group:
     # --------------------------------------------------------------- internals
 
     def _load(self, todo: Iterable[Lifecycle]) -> tuple[str, ...]:
-        """Acquire each of ``todo`` in a pool; roll back on any failure or interrupt."""
-        pending = list(todo)
-        if not pending:
+        """Acquire each of ``todo`` in worker threads; roll back on any failure or interrupt.
+
+        The workers record what they acquired (in ``_held`` at once, so a hold
+        is never unlisted, whatever interrupts the caller) and what failed; a
+        failure or an interrupt stops the loads not started yet. The caller
+        then waits until every load has ended or been skipped, whatever
+        interrupts it meanwhile.
+        """
+        run = _Run(list(todo))
+        if not run.total:
             return ()
-        workers = self._max_workers or len(pending)
-        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="stepfsm-group")
-        futures: dict[concurrent.futures.Future[None], Lifecycle] = {}
+
+        def work() -> None:
+            while True:
+                with run.lock:
+                    if not run.queue:
+                        return
+                    lc = run.queue.pop(0)
+                    skip = run.stop  # a load failed or the caller was interrupted
+                try:
+                    if not skip:
+                        lc.acquire(self)
+                except BaseException as error:  # recorded; the caller raises after the rollback
+                    with run.lock:
+                        run.stop = True
+                        run.failures.append((lc, error))
+                else:
+                    if not skip:
+                        with self._lock:
+                            self._held.append(lc)
+                        with run.lock:
+                            run.acquired.append(lc)
+                finally:
+                    with run.lock:
+                        run.done += 1
+                        run.lock.notify_all()
+
         interrupt: BaseException | None = None
         try:
-            for lc in pending:
-                futures[pool.submit(lc.acquire, self)] = lc
+            for index in range(min(self._max_workers or run.total, run.total)):
+                threading.Thread(target=work, name=f"stepfsm-group-{index}", daemon=True).start()
         except BaseException as error:  # interrupted while starting them
             interrupt = error
         finally:
-            interrupt = _settle(futures, interrupt)
-            pool.shutdown(wait=False)
-        acquired = [lc for future, lc in futures.items() if _succeeded(future)]
-        failures: list[tuple[str, Exception]] = []
-        for future, lc in futures.items():
-            raised = future.exception() if future.done() and not future.cancelled() else None
-            if raised is None:
-                continue
-            if isinstance(raised, Exception):
-                failures.append((lc.name, raised))
-            elif interrupt is None:
-                interrupt = raised  # a KeyboardInterrupt (or the like) inside a load
+            interrupt = _finish(run, interrupt)
+        failures = [(lc.name, e) for lc, e in run.failures if isinstance(e, Exception)]
+        if interrupt is None:
+            interrupt = next((e for _, e in run.failures if not isinstance(e, Exception)), None)
         if failures or interrupt is not None:
-            rolled_back, rollback_errors = self._roll_back(acquired)
+            rolled_back, rollback_errors, interrupted = self._roll_back(run.acquired)
+            interrupt = interrupt or interrupted
             if interrupt is not None:
                 raise interrupt
             raise GroupLoadError(failures, rolled_back, rollback_errors) from failures[0][1]
-        ordered = [lc for lc in self._lifecycles if lc in acquired]
-        # a step held before (its hold evicted by an unload(force=True)) is listed once
-        self._held.extend(lc for lc in ordered if lc not in self._held)
-        return tuple(lc.name for lc in ordered)
+        return tuple(lc.name for lc in self._lifecycles if lc in run.acquired)
 
-    def _roll_back(self, acquired: list[Lifecycle]) -> tuple[list[str], list[BaseException]]:
-        """Release, in reverse group order, what this call acquired."""
+    def _roll_back(
+        self, acquired: list[Lifecycle]
+    ) -> tuple[list[str], list[BaseException], BaseException | None]:
+        """Release, in reverse group order, what this call acquired.
+
+        Returns the names of the steps that are unloaded afterwards, what the
+        releases raised, and the first interrupt raised inside one (the
+        rollback goes on past it).
+        """
         names: list[str] = []
         errors: list[BaseException] = []
+        interrupt: BaseException | None = None
         for lc in reversed([lc for lc in self._lifecycles if lc in acquired]):
             try:
                 lc.release(self)
             except Exception as error:
                 errors.append(error)
-            names.append(lc.name)
-        return names, errors
+                continue
+            except BaseException as error:  # Ctrl-C in an unload: the rollback finishes first
+                interrupt = interrupt or error
+                continue
+            finally:
+                with self._lock:
+                    if lc in self._held:
+                        self._held.remove(lc)
+            if lc.state is not State.LOADED:  # another holder may keep it loaded
+                names.append(lc.name)
+        return names, errors, interrupt
 
 
-def _settle(
-    futures: dict[concurrent.futures.Future[None], Lifecycle], interrupt: BaseException | None
-) -> BaseException | None:
-    """Wait until every started load has ended (an interrupt meanwhile is kept, not obeyed).
+class _Run:
+    """One group load: the loads still to start, and what the workers report."""
 
-    Loads not started yet are cancelled once an interrupt arrived. Returns the
-    first interrupt (``None`` if none came).
+    __slots__ = ("acquired", "done", "failures", "lock", "queue", "stop", "total")
+
+    def __init__(self, queue: list[Lifecycle]) -> None:
+        self.lock = threading.Condition()
+        self.queue = queue
+        self.total = len(queue)
+        self.done = 0  # loads ended (or skipped)
+        self.stop = False
+        self.acquired: list[Lifecycle] = []
+        self.failures: list[tuple[Lifecycle, BaseException]] = []
+
+
+def _finish(run: _Run, interrupt: BaseException | None) -> BaseException | None:
+    """Wait until every load has ended or been skipped; return the first interrupt.
+
+    An interrupt meanwhile is kept, not obeyed: the loads not started yet are
+    skipped (also those no worker thread was started for), and the wait goes
+    on until the started ones have ended.
     """
     while True:
         try:
-            if interrupt is not None:
-                for future in futures:
-                    future.cancel()  # not started: never start it
-            concurrent.futures.wait(futures)
+            with run.lock:
+                if interrupt is not None:
+                    run.stop = True
+                if run.stop:  # nobody starts these now
+                    run.done += len(run.queue)
+                    run.queue.clear()
+                while run.done < run.total:
+                    run.lock.wait()
             return interrupt
-        except BaseException as error:  # Ctrl-C while waiting: the loads still settle first
-            if interrupt is None:
-                interrupt = error
-
-
-def _succeeded(future: concurrent.futures.Future[None]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None
+        except BaseException as error:  # Ctrl-C while waiting
+            interrupt = interrupt or error
 
 
 def group(*steps: object, max_workers: int | None = None) -> Group:

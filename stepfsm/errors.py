@@ -406,6 +406,16 @@ class GroupLoadError(LoadError, _ExceptionGroup):
         failures = list(zip(self.failed, self.exceptions, strict=True))
         return (GroupLoadError, (failures, self.rolled_back, self.rollback_errors))
 
+    def derive(self, excs: Sequence[Exception]) -> GroupLoadError:  # type: ignore[override]
+        """What ``split()``, ``subgroup()`` and ``except*`` keep: a ``GroupLoadError`` of
+        those failures (with their step names), so ``except LoadError`` still catches it."""
+        kept = [
+            (name, error)
+            for name, error in zip(self.failed, self.exceptions, strict=True)
+            if any(error is other for other in excs)
+        ]
+        return GroupLoadError(kept, self.rolled_back, self.rollback_errors)
+
 
 def _group_message(
     failures: Sequence[tuple[str, Exception]],
@@ -422,7 +432,7 @@ def _group_message(
             f"; {len(rollback_errors)} of those unloads raised "
             f"({'; '.join(describe(e) for e in rollback_errors)})"
         )
-    return text + ". The failed steps are 'failed': fix the cause and load the group again."
+    return text + ". Fix the cause and load the group again."
 
 
 def _root(error: BaseException) -> BaseException:

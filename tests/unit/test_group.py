@@ -118,7 +118,7 @@ def test_a_failed_load_rolls_back_what_the_call_loaded(quiet_log: None) -> None:
 
 def test_every_failure_is_reported_and_the_group_splits(quiet_log: None) -> None:
     """Two failures: both in the group, which splits like any ExceptionGroup."""
-    a, b, c = steps(3)
+    a, b, c = steps(3, delay=0.1)  # all three start before either failure
     a.fail_load = Boom("first")
     c.fail_load = Boom("second")
     with pytest.raises(GroupLoadError) as caught:
@@ -128,6 +128,14 @@ def test_every_failure_is_reported_and_the_group_splits(quiet_log: None) -> None
     assert matched is not None
     assert sorted(str(e.cause) for e in matched.exceptions) == ["first", "second"]  # type: ignore[union-attr]
     assert stepfsm.state(b) is State.UNLOADED
+    # a part split off is still a GroupLoadError (a LoadError) naming its own steps
+    first, rest = caught.value.split(
+        lambda e: not isinstance(e, GroupLoadError) and "Boom: first" in str(e)
+    )
+    assert isinstance(first, GroupLoadError)
+    assert isinstance(rest, GroupLoadError)
+    assert first.failed == (stepfsm.lifecycle(a).name,)
+    assert rest.failed == (stepfsm.lifecycle(c).name,)
 
 
 def test_a_rollback_error_never_masks_the_load_error(quiet_log: None) -> None:
@@ -244,6 +252,90 @@ def test_a_forced_unload_evicts_the_group_which_can_load_again() -> None:
     assert group.unload() == (stepfsm.lifecycle(step).name,)
     assert stepfsm.state(step) is State.UNLOADED
     assert step.loads == 2
+
+
+def test_a_failure_stops_the_loads_not_started_yet(quiet_log: None) -> None:
+    """With one worker, a first load that fails means the others never start."""
+    bad, later, last = steps(3, delay=0.05)
+    bad.fail_load = Boom("no")
+    with pytest.raises(GroupLoadError):
+        stepfsm.group(bad, later, last, max_workers=1).load()
+    assert (later.loads, last.loads) == (0, 0), "loads started after a failure"
+
+
+def test_ctrl_c_in_a_load_that_is_still_being_started_is_rolled_back(
+    python_sigint: None,
+) -> None:
+    """Ctrl-C arriving while the caller is still submitting loads: the loads already started
+    are waited for and rolled back (none is left loaded and held)."""
+
+    @stepfsm.stateful
+    class CtrlCInLoad:
+        def load(self) -> None:
+            _thread.interrupt_main()
+            time.sleep(0.2)
+
+        def unload(self) -> None:
+            pass
+
+    first = CtrlCInLoad()
+    others = steps(3, delay=0.05)
+    group = stepfsm.group(first, *others)
+    with pytest.raises(KeyboardInterrupt):
+        group.load()
+    assert stepfsm.state(first) is State.UNLOADED
+    assert stepfsm.lifecycle(first).holders == ()
+    assert group.held == ()
+    assert all(stepfsm.state(s) is State.UNLOADED for s in others)
+
+
+def test_ctrl_c_inside_a_rollback_unload_does_not_stop_the_rollback(quiet_log: None) -> None:
+    """An interrupt raised by one unload of the rollback: the other releases still run, then
+    the interrupt is raised; nothing stays held by the group."""
+    first, interrupting, bad = steps(3)
+    interrupting.fail_unload = KeyboardInterrupt()
+    bad.fail_load = Boom("boom")
+    bad.delay = 0.1
+    group = stepfsm.group(first, interrupting, bad)
+    with pytest.raises(KeyboardInterrupt):
+        group.load()
+    assert stepfsm.state(first) is State.UNLOADED
+    assert stepfsm.lifecycle(first).holders == ()
+    assert stepfsm.lifecycle(interrupting).holders == ()
+    assert group.held == ()
+
+
+def test_two_threads_loading_one_group_leave_no_hold_behind() -> None:
+    """Both threads' ensure_loaded() acquire the step; unload() releases every hold."""
+    step = FakeStep("s", delay=0.2)
+    group = stepfsm.group(step)
+    threads = [threading.Thread(target=group.ensure_loaded) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert step.loads == 1
+    group.unload()
+    assert stepfsm.state(step) is State.UNLOADED
+    assert stepfsm.lifecycle(step).holders == ()
+
+
+def test_rolled_back_names_only_steps_that_ended_unloaded(quiet_log: None) -> None:
+    """A step another holder keeps, or whose unload raised, is not reported as unloaded."""
+    kept, broken, bad = steps(3)
+    broken.fail_unload = Boom("unload broke")
+    bad.fail_load = Boom("load broke")
+    bad.delay = 0.2
+    holder = threading.Timer(0.05, lambda: stepfsm.lifecycle(kept).acquire("someone"))
+    holder.start()
+    with pytest.raises(GroupLoadError) as caught:
+        stepfsm.group(kept, broken, bad).load()
+    holder.join()
+    assert caught.value.rolled_back == ()
+    assert stepfsm.state(kept) is State.LOADED
+    assert stepfsm.state(broken) is State.FAILED
+    assert len(caught.value.rollback_errors) == 1
+    stepfsm.lifecycle(kept).release("someone")
 
 
 def test_group_loads_from_threads_are_safe() -> None:
