@@ -124,22 +124,13 @@ class Group:
         Raises:
             UnloadError: the first unload that raised, after every release was tried.
         """
-        released: list[str] = []
-        first: BaseException | None = None
-        while True:
-            with self._lock:
-                if not self._held:
-                    break
-                lc = self._held.pop()
-            try:
-                lc.release(self)
-            except Exception as error:
-                first = first or error
-            else:
-                if lc.name not in released:
-                    released.append(lc.name)
-        if first is not None:
-            raise first
+        with self._lock:  # taken at once: two threads never release one hold twice
+            holds, self._held[:] = list(self._held), []
+        released, _unloaded, errors, interrupt = self._release(holds)
+        if interrupt is not None:
+            raise interrupt
+        if errors:
+            raise errors[0]
         return tuple(released)
 
     def __enter__(self) -> Group:
@@ -206,41 +197,45 @@ class Group:
         if interrupt is None:
             interrupt = next((e for _, e in run.failures if not isinstance(e, Exception)), None)
         if failures or interrupt is not None:
-            rolled_back, rollback_errors, interrupted = self._roll_back(run.acquired)
+            _released, rolled_back, rollback_errors, interrupted = self._release(run.acquired)
             interrupt = interrupt or interrupted
             if interrupt is not None:
                 raise interrupt
             raise GroupLoadError(failures, rolled_back, rollback_errors) from failures[0][1]
         return tuple(lc.name for lc in self._lifecycles if lc in run.acquired)
 
-    def _roll_back(
-        self, acquired: list[Lifecycle]
-    ) -> tuple[list[str], list[BaseException], BaseException | None]:
-        """Release, in reverse group order, what this call acquired.
+    def _release(
+        self, holds: list[Lifecycle]
+    ) -> tuple[list[str], list[str], list[BaseException], BaseException | None]:
+        """Release ``holds`` in reverse group order; each leaves ``_held`` once tried.
 
-        Returns the names of the steps that are unloaded afterwards, what the
-        releases raised, and the first interrupt raised inside one (the
-        rollback goes on past it).
+        Returns the names released, the names of those now unloaded (another
+        holder may keep one loaded), what the releases raised, and the first
+        interrupt raised inside one (the other releases still run).
         """
-        names: list[str] = []
+        order = {lc: index for index, lc in enumerate(self._lifecycles)}
+        released: list[str] = []
+        unloaded: list[str] = []
         errors: list[BaseException] = []
         interrupt: BaseException | None = None
-        for lc in reversed([lc for lc in self._lifecycles if lc in acquired]):
+        for lc in sorted(holds, key=order.__getitem__, reverse=True):
             try:
                 lc.release(self)
             except Exception as error:
                 errors.append(error)
                 continue
-            except BaseException as error:  # Ctrl-C in an unload: the rollback finishes first
+            except BaseException as error:  # Ctrl-C in an unload: the others still run
                 interrupt = interrupt or error
                 continue
             finally:
                 with self._lock:
                     if lc in self._held:
                         self._held.remove(lc)
-            if lc.state is not State.LOADED:  # another holder may keep it loaded
-                names.append(lc.name)
-        return names, errors, interrupt
+            if lc.name not in released:
+                released.append(lc.name)
+            if lc.state is not State.LOADED and lc.name not in unloaded:
+                unloaded.append(lc.name)
+        return released, unloaded, errors, interrupt
 
 
 class _Run:

@@ -227,6 +227,20 @@ def test_with_loads_then_releases_exactly_what_it_loaded() -> None:
     assert stepfsm.state(before) is State.LOADED
 
 
+def test_unload_releases_in_reverse_group_order_whatever_order_the_loads_ended() -> None:
+    """The first step loads slowest; unload() still releases the last step first."""
+    slow, fast = FakeStep("slow", delay=0.2), FakeStep("fast")
+    order: list[str] = []
+    for step in (slow, fast):
+        stepfsm.lifecycle(step).subscribe(
+            lambda lc, record: order.append(lc.name) if record.trigger == "begin_unload" else None
+        )
+    group = stepfsm.group(slow, fast)
+    group.load()
+    assert group.unload() == (stepfsm.lifecycle(fast).name, stepfsm.lifecycle(slow).name)
+    assert order == [stepfsm.lifecycle(fast).name, stepfsm.lifecycle(slow).name]
+
+
 def test_unload_leaves_a_step_other_holders_still_hold() -> None:
     shared, own = steps(2)
     group = stepfsm.group(shared, own)
