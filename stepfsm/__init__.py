@@ -7,6 +7,7 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``errors``     the error and warning hierarchy, every message, the logger
 * ``_settings``  policies and their one resolver, class configuration, listeners
 * ``_snapshot``  what a load set: pre-load values, copies, pickles
+* ``_release``   verified release: what an unload freed, sizes, who holds a leak
 * ``_engine``    the shared ``transitions`` machine and firing a trigger
 * ``_aio``       event-loop plumbing for the async operations (worker threads, wake-ups)
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
@@ -43,6 +44,8 @@ from typing import Any as _Any
 from . import _travel  # wires what a pickled step carries (no public names)
 from ._group import Group as Group
 from ._group import group as group
+from ._release import ReleasedObject as ReleasedObject
+from ._release import ReleaseReport as ReleaseReport
 from ._settings import Configured as Configured
 from ._settings import configure as configure
 from ._settings import is_stateful as is_stateful
@@ -53,9 +56,11 @@ from .errors import DefinitionError as DefinitionError
 from .errors import DiagramError as DiagramError
 from .errors import DuplicateLoadWarning as DuplicateLoadWarning
 from .errors import GroupLoadError as GroupLoadError
+from .errors import LeakWarning as LeakWarning
 from .errors import LoadError as LoadError
 from .errors import NotLoadedError as NotLoadedError
 from .errors import RepeatedLoadWarning as RepeatedLoadWarning
+from .errors import ResourceLeakError as ResourceLeakError
 from .errors import StepFailedError as StepFailedError
 from .errors import StepFSMError as StepFSMError
 from .errors import StepFSMWarning as StepFSMWarning
@@ -72,6 +77,7 @@ from .machine import TransitionRecord as TransitionRecord
 from .machine import lifecycle as lifecycle
 from .registry import Status as Status
 from .registry import StepStatus as StepStatus
+from .registry import Unloaded as Unloaded
 from .registry import status as status
 from .registry import unload_all as unload_all
 from .states import State as State
@@ -95,11 +101,15 @@ __all__ = [
     "DuplicateLoadWarning",
     "Group",
     "GroupLoadError",
+    "LeakWarning",
     "Lifecycle",
     "LifecycleStatistics",
     "LoadError",
     "NotLoadedError",
+    "ReleaseReport",
+    "ReleasedObject",
     "RepeatedLoadWarning",
+    "ResourceLeakError",
     "State",
     "Stateful",
     "Status",
@@ -113,6 +123,7 @@ __all__ = [
     "TransitionInProgressError",
     "TransitionRecord",
     "UnloadError",
+    "Unloaded",
     "UnloadedUseWarning",
     "aensure_loaded",
     "aload",

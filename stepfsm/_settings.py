@@ -33,6 +33,7 @@ __all__ = [
     "ClassConfig",
     "Configured",
     "Layer",
+    "OnLeak",
     "OnRepeat",
     "LOADED_FLAG",
     "OnUnloadedUse",
@@ -51,9 +52,10 @@ __all__ = [
 
 OnRepeat = Literal["raise", "warn", "ignore"]
 OnUnloadedUse = Literal["raise", "warn", "ignore"]
+OnLeak = Literal["raise", "warn", "ignore"]
 Listener = Callable[["Lifecycle", "TransitionRecord"], object]
 #: The settings :func:`resolve` knows, and the type of each.
-Setting = Literal["on_repeat", "on_unloaded_use", "timeout"]
+Setting = Literal["on_repeat", "on_unloaded_use", "timeout", "on_leak"]
 
 POLICIES: Final = frozenset(get_args(OnRepeat))
 
@@ -65,9 +67,10 @@ LOADED_FLAG: Final = "__stepfsm_loaded__"
 
 
 class _Settings:
-    __slots__ = ("history", "on_repeat", "on_unloaded_use", "timeout")
+    __slots__ = ("history", "on_leak", "on_repeat", "on_unloaded_use", "timeout")
 
     def __init__(self) -> None:
+        self.on_leak: OnLeak = "warn"
         self.on_repeat: OnRepeat = "raise"
         self.on_unloaded_use: OnUnloadedUse = "raise"
         self.timeout: float | None = None
@@ -89,10 +92,11 @@ class Layer:
     section 13). A layer pickles as a reference to ``home.LAYER``.
     """
 
-    __slots__ = ("home", "on_repeat", "on_unloaded_use", "raise_original", "timeout")
+    __slots__ = ("home", "on_leak", "on_repeat", "on_unloaded_use", "raise_original", "timeout")
 
     def __init__(self, home: str | None = None) -> None:
         self.home = home
+        self.on_leak: OnLeak | None = None
         self.on_repeat: OnRepeat | None = None
         self.on_unloaded_use: OnUnloadedUse | None = None
         self.timeout: float | None = None
@@ -106,6 +110,7 @@ class Layer:
             "on_repeat": self.on_repeat,
             "on_unloaded_use": self.on_unloaded_use,
             "timeout": self.timeout,
+            "on_leak": self.on_leak,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -148,6 +153,8 @@ class ClassConfig(NamedTuple):
     layer: Layer | None = None
     #: load and unload are ``async def``: operations must be awaited (``aload()``...)
     is_async: bool = False
+    #: what an unload that leaves its load's objects alive does (docs/design.md §11)
+    on_leak: OnLeak | None = None
 
 
 def class_config(cls: type) -> ClassConfig | None:
@@ -280,6 +287,7 @@ def configure(
     on_unloaded_use: OnUnloadedUse = _UNSET,
     timeout: float | None = _UNSET,
     history: int = _UNSET,
+    on_leak: OnLeak = _UNSET,
 ) -> Configured:
     """Change the process-wide defaults; class and instance settings still win.
 
@@ -292,6 +300,9 @@ def configure(
             before ``TransitionInProgressError``; ``None`` waits as long as it takes.
         history: how many transitions each lifecycle keeps (applies to
             lifecycles whose history starts after this call).
+        on_leak: what an unload that leaves alive what its load created does:
+            ``"warn"`` (``LeakWarning``), ``"raise"`` (``ResourceLeakError``,
+            after the step is unloaded) or ``"ignore"`` (no check).
 
     Returns:
         A :class:`Configured` handle; ``with configure(...):`` restores on exit.
@@ -308,6 +319,9 @@ def configure(
         changes["on_unloaded_use"] = on_unloaded_use
     if timeout is not _UNSET:
         changes["timeout"] = check_timeout(timeout)
+    if on_leak is not _UNSET:
+        check_policy(on_leak, "on_leak")
+        changes["on_leak"] = on_leak
     if history is not _UNSET:
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be a whole number >= 1, not {history!r}")

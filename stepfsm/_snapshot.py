@@ -40,6 +40,7 @@ __all__ = [
     "install_copy_hooks",
     "on_reduce",
     "preload_state",
+    "record_of",
     "strip",
 ]
 
@@ -159,6 +160,11 @@ def finish(ref: weakref.ref[Any], owner: Any, cfg: ClassConfig) -> None:
         _RECORDS[key] = _Record(ref, before, after, before_private, after_private)
     else:
         _RECORDS.pop(key, None)
+
+
+def record_of(key: int) -> _Record | None:
+    """What the last load of the step with ``id`` ``key`` set; ``None`` if nothing (or unloaded)."""
+    return _RECORDS.get(key)
 
 
 def drop(key: int) -> None:

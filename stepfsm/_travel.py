@@ -92,6 +92,7 @@ def _class_options(cls: type) -> dict[str, Any] | None:
         "on_repeat": cfg.on_repeat,
         "on_unloaded_use": cfg.on_unloaded_use,
         "timeout": cfg.timeout,
+        "on_leak": cfg.on_leak,
     }
     return {key: value for key, value in options.items() if value not in (None, ())}
 

@@ -39,9 +39,11 @@ __all__ = [
     "DiagramError",
     "DuplicateLoadWarning",
     "GroupLoadError",
+    "LeakWarning",
     "LoadError",
     "NotLoadedError",
     "RepeatedLoadWarning",
+    "ResourceLeakError",
     "StepFSMError",
     "StepFSMWarning",
     "StepFailedError",
@@ -72,6 +74,35 @@ def _clock(when: float | None) -> str:
 
 def _since(when: float | None) -> str:
     return "" if when is None else f" since {_clock(when)}"
+
+
+def format_bytes(size: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _leak_message(step: str, leaked: Sequence[Any], bytes_leaked: int) -> str:
+    count = len(leaked)
+    size = f", ~{format_bytes(bytes_leaked)}" if bytes_leaked else ""
+    where = [str(item) for item in leaked]
+    names = [ref for item in leaked for ref in item.referrers if " " not in ref]  # typeable
+    hint = f", e.g. `del {names[0]}`" if names else ""
+    many = count != 1
+    what = (
+        f"unload_all() returned, but {count} object{'s' if many else ''} the loads created"
+        if step == "unload_all()"
+        else f"unload of {step} returned, but {count} object{'s' if many else ''} its load created"
+    )
+    return (
+        f"{what} {'are' if many else 'is'} still alive{size}: {'; '.join(where)}. The memory "
+        f"comes back when the last reference goes: delete what still refers to it{hint}. "
+        "lifecycle(step).last_release has the report; on_leak='ignore' turns this check off."
+    )
 
 
 def describe(error: BaseException) -> str:
@@ -231,6 +262,26 @@ class StepInUseError(StepStateError):
             state=state,
             operation=operation,
         )
+
+
+class ResourceLeakError(StepFSMError):
+    """An unload returned but what its load created is still alive (``on_leak="raise"``).
+
+    Raised after the step is ``unloaded``: the step's unload code ran and its
+    state is final; what is left is a reference held elsewhere.
+
+    Attributes:
+        step: the step's display name (or ``"unload_all()"`` for the steps it unloaded).
+        leaked: one ``ReleasedObject`` per object still alive (attribute, type,
+            size and the paths that still refer to it).
+        bytes_leaked: their estimated total size.
+    """
+
+    def __init__(self, step: str, leaked: Sequence[Any], bytes_leaked: int) -> None:
+        self.step = step
+        self.leaked = tuple(leaked)
+        self.bytes_leaked = bytes_leaked
+        super().__init__(_leak_message(step, self.leaked, bytes_leaked))
 
 
 class TransitionInProgressError(StepStateError):
@@ -553,6 +604,21 @@ class CleanupWarning(StepFSMWarning):
             "'failed' and keeps its first error. See lifecycle(step).cleanup_error.",
             step=step,
         )
+
+
+class LeakWarning(StepFSMWarning):
+    """An unload returned but what its load created is still alive (``on_leak="warn"``).
+
+    Attributes:
+        leaked: one ``ReleasedObject`` per object still alive (attribute, type,
+            size and the paths that still refer to it, e.g. ``Out[12]``).
+        bytes_leaked: their estimated total size.
+    """
+
+    def __init__(self, step: str, leaked: Sequence[Any], bytes_leaked: int) -> None:
+        self.leaked = tuple(leaked)
+        self.bytes_leaked = bytes_leaked
+        super().__init__(_leak_message(step, self.leaked, bytes_leaked), step=step)
 
 
 # --------------------------------------------------- messages built elsewhere

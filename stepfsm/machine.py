@@ -44,8 +44,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _aio, _engine, _settings, _snapshot, registry
+from . import _release as _rel  # the module (Lifecycle has a method _release)
 from ._settings import (
     ClassConfig,
+    OnLeak,
     OnRepeat,
     OnUnloadedUse,
     check_policy,
@@ -59,9 +61,11 @@ from .errors import (
     AlreadyLoadedError,
     CleanupWarning,
     DuplicateLoadWarning,
+    LeakWarning,
     LoadError,
     NotLoadedError,
     RepeatedLoadWarning,
+    ResourceLeakError,
     StepFailedError,
     StepInUseError,
     StepStateError,
@@ -257,6 +261,7 @@ class Lifecycle:
         "_children",
         "_cleanup_error",
         "_config",
+        "_cuda",
         "_due",
         "_engine_state",
         "_error",
@@ -265,10 +270,12 @@ class Lifecycle:
         "_history",
         "_hold_key",
         "_holds",
+        "_last_release",
         "_listeners",
         "_load_s",
         "_outbox",
         "_own",
+        "_released",
         "_ret",
         "_since",
         "_state",
@@ -309,6 +316,11 @@ class Lifecycle:
         self._awaiting: list[asyncio.Event] | None = None
         self._user: Claim | None = None  # the claim whose user load/unload code is running
         self._ret: tuple[Any] | None = None  # set when the user's code of a transition returns
+        #: (thread ident, watch) of an unload that returned: its release is checked
+        #: by that thread once the claim is let go
+        self._released: tuple[int, _rel.Watch] | None = None
+        self._last_release: _rel.ReleaseReport | None = None
+        self._cuda: int | None = None  # CUDA bytes allocated when the last load began
 
     # ------------------------------------------------------------------ facts
 
@@ -368,6 +380,15 @@ class Lifecycle:
         return tuple(self._history) if self._history is not None else ()
 
     @property
+    def last_release(self) -> _rel.ReleaseReport | None:
+        """What the last unload freed and what it left alive (``docs/design.md`` §11).
+
+        ``None`` before the first unload, and after an unload of a load that
+        set nothing stepfsm could watch (no attribute it could weakly reference).
+        """
+        return self._last_release
+
+    @property
     def last_load_seconds(self) -> float | None:
         """How long the last successful load took, in seconds."""
         return self._load_s
@@ -419,6 +440,17 @@ class Lifecycle:
         if value is not None:
             check_policy(value, "on_unloaded_use")
         self._setting("on_unloaded_use", value)
+
+    @property
+    def on_leak(self) -> OnLeak:
+        """What an unload that leaves its load's objects alive does (instance setting wins)."""
+        return resolve("on_leak", self._own, self._cfg)  # type: ignore[no-any-return]
+
+    @on_leak.setter
+    def on_leak(self, value: OnLeak | None) -> None:
+        if value is not None:
+            check_policy(value, "on_leak")
+        self._setting("on_leak", value)
 
     @property
     def timeout(self) -> float | None:
@@ -961,6 +993,8 @@ class Lifecycle:
         finally:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
+            if self._released is not None:  # outside the claim: a gc.collect() may run
+                self._check_release()
 
     # ---------------------------------------------------------------- claims
 
@@ -1136,6 +1170,7 @@ class Lifecycle:
             if other is not None:  # before begin_load: an error filter leaves the state alone
                 emit(DuplicateLoadWarning(self.name, other.name, other._since))
         self._config = config
+        self._cuda = _rel.cuda_allocated() if "torch" in sys.modules else None
         self._hold_key = None  # a new key when this load first takes a hold (see _key)
         self._ret = None
         _snapshot.begin(self.owner_ref, owner, cfg)
@@ -1168,6 +1203,7 @@ class Lifecycle:
         """With the claim held and the state ``loaded``: run the unload; return its value."""
         owner = self.owner_ref()
         self._ret = None
+        watched = self._watch()
         self._fire("begin_unload")
         if self._outbox:
             self._deliver()
@@ -1176,6 +1212,8 @@ class Lifecycle:
             return self._abandoned(error)
         if error is None:
             self._finish_unload()
+            if watched is not None:
+                self._released = (claim[1], watched)
             ret, self._ret = self._ret, None
             return ret[0] if ret is not None else None
         self._fail(error)
@@ -1198,6 +1236,7 @@ class Lifecycle:
         """
         owner = self.owner_ref()
         self._ret = None
+        watched = self._watch() if operation == "unload" else None
         self._fire("begin_unload")
         if self._outbox:
             self._deliver()
@@ -1206,6 +1245,8 @@ class Lifecycle:
             return None, self._abandoned(error)
         if error is None:
             self._finish_unload()
+            if watched is not None:
+                self._released = (claim[1], watched)
             ret, self._ret = self._ret, None
             return None, ret[0] if ret is not None else None
         self._fail(error)
@@ -1257,6 +1298,37 @@ class Lifecycle:
             if stack and stack[-1][2] is claim:
                 stack.pop()
         return None
+
+    def _watch(self) -> _rel.Watch | None:
+        """With the claim held, before the unload code runs: what it should free."""
+        if _snapshot.record_of(self.owner_ref.key) is None and self._cuda is None:
+            self._last_release = None  # the load set nothing to watch (the usual fast path)
+            return None
+        if resolve("on_leak", self._own, self._cfg) == "ignore":
+            self._last_release = _rel.ReleaseReport(self.name, checked=False)
+            return None
+        watched = _rel.watch(self.owner_ref.key, self._cuda)
+        if watched is None:
+            self._last_release = None
+        return watched
+
+    def _check_release(self) -> None:
+        """After an unload returned and let go of the claim: check what it should have freed.
+
+        Raises:
+            ResourceLeakError: something is still alive and ``on_leak`` is ``"raise"``.
+        """
+        released = self._released
+        if released is None or released[0] != _get_ident():
+            return  # another thread's unload: it checks its own
+        self._released = None
+        report = _rel.check(self.name, released[1], self.owner_ref())
+        self._last_release = report
+        if _rel.collect(report, self.on_leak) or not report.leaked:
+            return  # unload_all() reports every leak at once
+        if self.on_leak == "raise":
+            raise ResourceLeakError(self.name, report.leaked, report.bytes_leaked)
+        emit(LeakWarning(self.name, report.leaked, report.bytes_leaked))
 
     def _abandoned(self, error: BaseException | None) -> Any:
         """The user's code ran in a forked child, whose copy of this lifecycle was reset."""

@@ -30,11 +30,12 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from . import _snapshot
+from . import _release, _snapshot
 from ._settings import LOADED_FLAG, ClassConfig
+from .errors import LeakWarning, ResourceLeakError, emit, format_bytes
 from .states import State
 
 if TYPE_CHECKING:
@@ -327,6 +328,8 @@ class StepStatus(NamedTuple):
     node: str | None = None
     pid: int | None = None
     actor: str | None = None
+    #: estimated bytes held in what the step's load set (``None``: not loaded, or nothing)
+    nbytes: int | None = None
 
 
 class Status(tuple[StepStatus, ...]):
@@ -336,7 +339,7 @@ class Status(tuple[StepStatus, ...]):
     node, pid and actor.
     """
 
-    _HEAD: Final = ("step", "class", "state", "since", "last load", "holders")
+    _HEAD: Final = ("step", "class", "state", "since", "last load", "holders", "holds")
     _WHERE: Final = ("node", "pid", "actor")
 
     def _head(self) -> tuple[str, ...]:
@@ -355,6 +358,7 @@ class Status(tuple[StepStatus, ...]):
                 row.since.strftime("%H:%M:%S") if row.since else "-",
                 f"{row.load_seconds:.3f} s" if row.load_seconds is not None else "-",
                 str(row.holders),
+                f"~{format_bytes(row.nbytes)}" if row.nbytes is not None else "-",
             )
             if located:
                 pid = str(row.pid) if row.pid is not None else "-"
@@ -426,37 +430,76 @@ def status_row(
         node=node,
         pid=pid,
         actor=actor,
+        nbytes=_release.held_bytes(lc.owner_ref.key) if lc.state is State.LOADED else None,
     )
 
 
-def unload_all() -> tuple[str, ...]:
+class Unloaded(tuple[str, ...]):
+    """What :func:`unload_all` returns: the names of the steps it unloaded, plus what it freed.
+
+    Attributes:
+        bytes_freed: estimated bytes the unloads freed, summed.
+        releases: each checked unload's ``ReleaseReport`` (``lifecycle.last_release``).
+    """
+
+    bytes_freed: int
+    releases: tuple[_release.ReleaseReport, ...]
+
+    def __new__(
+        cls, names: Iterable[str], releases: Iterable[_release.ReleaseReport] = ()
+    ) -> Unloaded:
+        self = super().__new__(cls, names)
+        self.releases = tuple(releases)
+        self.bytes_freed = sum(report.bytes_freed for report in self.releases)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Unloaded, (tuple(self), self.releases))
+
+
+def unload_all() -> Unloaded:
     """Unload every loaded (or failed) step of this process, in reverse load order.
 
     Forces: holders are evicted (their later ``release()`` is a no-op). Every
     step is tried even if one fails. A ``failed`` step whose clean-up raises
-    stays ``failed`` (with a ``CleanupWarning``) and is not reported.
+    stays ``failed`` (with a ``CleanupWarning``) and is not reported. What the
+    unloads left alive is reported once, for all of them (``LeakWarning``, or
+    ``ResourceLeakError`` if a leaking step's ``on_leak`` is ``"raise"``).
 
     Returns:
-        The display names of the steps that are now ``unloaded``.
+        The display names of the steps that are now ``unloaded`` (a tuple),
+        with ``bytes_freed`` and ``releases``.
 
     Raises:
         UnloadError: the first unload that raised, after all were tried.
+        ResourceLeakError: see above (after every step was tried).
     """
     targets = [lc for lc in live() if lc.state in (State.LOADED, State.FAILED)]
     targets.sort(key=lambda lc: _ORDER.get(lc.owner_ref.key, 0), reverse=True)
     done: list[str] = []
     first: BaseException | None = None
-    for lc in targets:
-        try:
-            lc.unload(force=True)
-        except Exception as error:  # keep going; report the first at the end
-            first = first or error
-        else:
-            if lc.state is State.UNLOADED:
-                done.append(lc.name)
+    with _release.collecting() as reports:
+        for lc in targets:
+            try:
+                lc.unload(force=True)
+            except Exception as error:  # keep going; report the first at the end
+                first = first or error
+            else:
+                if lc.state is State.UNLOADED:
+                    done.append(lc.name)
     if first is not None:
         raise first
-    return tuple(done)
+    leaked = [
+        item._replace(attribute=f"{report.step}.{item.attribute}")
+        for report, _policy in reports
+        for item in report.leaked
+    ]
+    if leaked:
+        size = sum(item.size for item in leaked)
+        if any(policy == "raise" for report, policy in reports if report.leaked):
+            raise ResourceLeakError("unload_all()", leaked, size)
+        emit(LeakWarning("unload_all()", leaked, size))
+    return Unloaded(done, (report for report, _policy in reports))
 
 
 # --------------------------------------------------------------------- fork

@@ -33,6 +33,7 @@ from ._settings import (
     LOADED_FLAG,
     ClassConfig,
     Layer,
+    OnLeak,
     OnRepeat,
     OnUnloadedUse,
     check_policy,
@@ -60,7 +61,15 @@ __all__ = ["Stateful", "is_stateful", "make_stateful", "stateful", "unmake_state
 C = TypeVar("C", bound=type)
 
 #: The options ``@stateful`` and ``Stateful`` accept.
-OPTIONS: Final = ("load", "unload", "guard", "on_repeat", "on_unloaded_use", "timeout")
+OPTIONS: Final = (
+    "load",
+    "unload",
+    "guard",
+    "on_repeat",
+    "on_unloaded_use",
+    "timeout",
+    "on_leak",
+)
 
 
 @overload
@@ -76,6 +85,7 @@ def stateful(
     on_repeat: OnRepeat | None = None,
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
+    on_leak: OnLeak | None = None,
 ) -> Callable[[C], C]: ...
 
 
@@ -89,6 +99,7 @@ def stateful(
     on_repeat: OnRepeat | None = None,
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
+    on_leak: OnLeak | None = None,
 ) -> C | Callable[[C], C]:
     """Give a class (and every subclass) an explicit, thread-safe lifecycle.
 
@@ -116,6 +127,8 @@ def stateful(
         on_repeat: this class's policy for ``load()`` on a loaded step.
         on_unloaded_use: this class's policy for guarded calls when not loaded.
         timeout: seconds to wait for another thread's load/unload.
+        on_leak: this class's policy when an unload leaves alive what its
+            load created (``"warn"``, ``"raise"``, ``"ignore"``).
 
     Raises:
         DefinitionError: the class has no such load/unload method, or it is a
@@ -130,6 +143,7 @@ def stateful(
         "on_repeat": on_repeat,
         "on_unloaded_use": on_unloaded_use,
         "timeout": timeout,
+        "on_leak": on_leak,
     }
 
     def apply(target: C) -> C:
@@ -176,6 +190,7 @@ def make_stateful(
     on_repeat: OnRepeat | None = None,
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
+    on_leak: OnLeak | None = None,
     before_load: Callable[[Any], None] | None = None,
     layer: Layer | None = None,
 ) -> ClassConfig:
@@ -185,7 +200,11 @@ def make_stateful(
     wrapped are left alone, the class's own overrides are wrapped.
     """
     parent: ClassConfig = class_config(cls) or ClassConfig()
-    for value, what in ((on_repeat, "on_repeat"), (on_unloaded_use, "on_unloaded_use")):
+    for value, what in (
+        (on_repeat, "on_repeat"),
+        (on_unloaded_use, "on_unloaded_use"),
+        (on_leak, "on_leak"),
+    ):
         if value is not None:
             check_policy(value, what, DefinitionError)
     try:
@@ -205,6 +224,7 @@ def make_stateful(
         before_load=before_load or parent.before_load,
         layer=layer or parent.layer,
         is_async=_is_async(cls, load or parent.load, unload or parent.unload),
+        on_leak=on_leak or parent.on_leak,
     )
     _check_definition(cls, cfg)
     patch(cls, "__stepfsm__", cfg)

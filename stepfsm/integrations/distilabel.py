@@ -62,7 +62,7 @@ from distilabel.models.llms.base import LLM
 from distilabel.steps.base import _Step
 
 from .. import registry
-from .._settings import Layer, OnRepeat, OnUnloadedUse, check_policy
+from .._settings import Layer, OnLeak, OnRepeat, OnUnloadedUse, check_policy
 from ..wrap import install_subclass_hook, make_stateful, unmake_stateful
 from . import _distilabel_ray
 
@@ -172,6 +172,7 @@ def install(
     *,
     on_repeat: OnRepeat | None = None,
     on_unloaded_use: OnUnloadedUse | None = None,
+    on_leak: OnLeak | None = None,
 ) -> None:
     """Make every distilabel LLM, embeddings model, image model and step stateful.
 
@@ -193,13 +194,16 @@ def install(
             repeated ``load()`` warns and does nothing (unless ``on_repeat``
             says otherwise), and a ``load()``/``unload()`` whose own code
             raises re-raises that exception instead of ``LoadError``/``UnloadError``.
+        on_leak: the integration's policy when an unload leaves alive what
+            the load created (a model still referenced): ``"warn"``,
+            ``"raise"`` or ``"ignore"``; unset, ``stepfsm.configure``'s.
 
     Raises:
         ValueError: an unknown policy name.
     """
     global _decided
     _decided = True
-    _install(on_repeat, on_unloaded_use)
+    _install(on_repeat, on_unloaded_use, on_leak)
 
 
 def arrive(policies: dict[str, Any]) -> None:
@@ -215,14 +219,22 @@ def arrive(policies: dict[str, Any]) -> None:
     """
     if _decided or _installed:
         return
-    _install(policies.get("on_repeat"), policies.get("on_unloaded_use"))
+    _install(policies.get("on_repeat"), policies.get("on_unloaded_use"), policies.get("on_leak"))
     if policies.get("timeout") is not None:
         LAYER.timeout = policies["timeout"]
 
 
-def _install(on_repeat: OnRepeat | None, on_unloaded_use: OnUnloadedUse | None) -> None:
+def _install(
+    on_repeat: OnRepeat | None,
+    on_unloaded_use: OnUnloadedUse | None,
+    on_leak: OnLeak | None = None,
+) -> None:
     global _installed
-    for value, what in ((on_repeat, "on_repeat"), (on_unloaded_use, "on_unloaded_use")):
+    for value, what in (
+        (on_repeat, "on_repeat"),
+        (on_unloaded_use, "on_unloaded_use"),
+        (on_leak, "on_leak"),
+    ):
         if value is not None:
             check_policy(value, what)
     if on_repeat is None and on_unloaded_use == "warn":
@@ -230,6 +242,7 @@ def _install(on_repeat: OnRepeat | None, on_unloaded_use: OnUnloadedUse | None) 
     with _lock:
         LAYER.on_repeat = on_repeat
         LAYER.on_unloaded_use = on_unloaded_use
+        LAYER.on_leak = on_leak
         # The migration mode: a failing load()/unload() raises the step's own
         # exception (the step is still 'failed'), as distilabel alone would.
         LAYER.raise_original = on_unloaded_use == "warn"
@@ -268,7 +281,7 @@ def uninstall() -> None:
             unmake_stateful(cls)
         bases = tuple(BASES)
         registry.forget_where(lambda step: isinstance(step, bases))
-        LAYER.on_repeat = LAYER.on_unloaded_use = LAYER.timeout = None
+        LAYER.on_repeat = LAYER.on_unloaded_use = LAYER.timeout = LAYER.on_leak = None
         LAYER.raise_original = False
         _unquiet_stepfsm_log()
         _installed = False

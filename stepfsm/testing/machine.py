@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 from ..errors import (
     CleanupWarning,
     DuplicateLoadWarning,
+    LeakWarning,
     RepeatedLoadWarning,
     StepStateError,
     TransitionError,
@@ -711,6 +712,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 warnings.simplefilter("ignore", DuplicateLoadWarning)
                 warnings.simplefilter("ignore", RepeatedLoadWarning)
                 warnings.simplefilter("ignore", CleanupWarning)
+                warnings.simplefilter("ignore", LeakWarning)
                 _run_threads(
                     len(in_threads),
                     in_thread,

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
-from ..errors import DuplicateLoadWarning
+from ..errors import DuplicateLoadWarning, LeakWarning
 from ..machine import TransitionRecord, lifecycle
 from ._ops import OPS, AnyOp, Behaviour, Kind, Op, Ran, model_op
 
@@ -276,7 +276,11 @@ def mismatches(result: Result, op: AnyOp, observed: Observed) -> list[str]:
         problems.append(f"it raised {_name(got)}{detail}, expected {_name(result.error)}")
     if op == "ensure_loaded" and result.error is None and observed.returned != result.returned:
         problems.append(f"it returned {observed.returned!r}, expected {result.returned!r}")
-    warned = {w for w in observed.warnings if not issubclass(w, DuplicateLoadWarning)}
+    # a duplicate load and a leak are not outcomes of the §2 table (a leak may be the kit's own
+    # frames holding a value while it observes): checked by their own tests
+    warned = {
+        w for w in observed.warnings if not issubclass(w, (DuplicateLoadWarning, LeakWarning))
+    }
     expected = {result.warning} if result.warning is not None else set()
     if warned != expected:
         shown = ", ".join(sorted(w.__name__ for w in warned)) or "none"

@@ -46,7 +46,10 @@ def check_queries(step: LLM) -> None:
     assert_type(stepfsm.ensure_loaded(step), bool)
     assert_type(stepfsm.is_stateful(step), bool)
     assert_type(stepfsm.is_stateful(LLM), bool)
-    assert_type(stepfsm.unload_all(), tuple[str, ...])
+    assert_type(stepfsm.unload_all(), stepfsm.Unloaded)
+    names: tuple[str, ...] = stepfsm.unload_all()  # still a tuple of names
+    assert_type(names, tuple[str, ...])
+    assert_type(stepfsm.unload_all().bytes_freed, int)
     # reload() returns what the step's load returned, but is typed Any (the
     # step's type is not carried by the module-level function).
     assert_type(stepfsm.reload(step), Any)

@@ -80,16 +80,29 @@ def test_missing_optional_peers_are_reported_not_fatal() -> None:
         assert row.endswith("not installed"), row
 
 
-def test_group_benchmark_prints_every_size() -> None:
-    """``bench_group.py --quick`` runs and prints a row per N and the verdict (no timings)."""
+def _quick(script: str) -> str:
+    """The output of ``benchmarks/<script> --quick``, which must exit 0."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_group.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    rows = [line.split()[0] for line in done.stdout.splitlines()[2:-1]]
-    assert rows == ["1", "2", "8"], done.stdout
-    assert done.stdout.splitlines()[-1].startswith("worst "), done.stdout
+    return done.stdout
+
+
+def test_group_benchmark_prints_every_size() -> None:
+    """``bench_group.py --quick`` runs and prints a row per N and the verdict (no timings)."""
+    out = _quick("bench_group.py")
+    rows = [line.split()[0] for line in out.splitlines()[2:-1]]
+    assert rows == ["1", "2", "8"], out
+    assert out.splitlines()[-1].startswith("worst "), out
+
+
+def test_release_benchmark_prints_both_rows() -> None:
+    """``bench_release.py --quick`` runs, finds the leak it plants and prints both targets."""
+    out = _quick("bench_release.py")
+    assert "target <= 1.1x" in out, out
+    assert "target <= 1.0 s" in out, out

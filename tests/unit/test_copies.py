@@ -31,6 +31,7 @@ from stepfsm import (
     DuplicateLoadWarning,
     Lifecycle,
     LoadError,
+    ReleasedObject,
     State,
     StepStateError,
     UnloadError,
@@ -101,6 +102,10 @@ class SubFileStep(FileStep):
     def load(self) -> None:
         super().load()
         self.lock = threading.Lock()  # unpicklable, added by the subclass's load
+
+    def unload(self) -> None:
+        super().unload()
+        self.lock = None  # else the release check reports the lock still held
 
 
 @pytest.fixture
@@ -721,6 +726,9 @@ class Scene:
         self.mid_load = FakeStep("mid_load")
         self.mid_unload = FakeStep("mid_unload")
         self.mid_unload.load()
+        # the test keeps a copy of its attributes (the handle too) while another thread
+        # unloads it: a leak the release check would rightly report
+        stepfsm.lifecycle(self.mid_unload).on_leak = "ignore"
         self.locked = FakeStep("locked")
         self.gates = [threading.Event(), threading.Event()]
         self.mid_load.gate, self.mid_unload.gate = self.gates
@@ -969,6 +977,11 @@ def error_samples() -> dict[type[BaseException], BaseException]:
         errors.UnloadError: errors.UnloadError("FakeStep 'gen_0'", "unload", cause),
         errors.DefinitionError: errors.DefinitionError("FakeStep has no load() method"),
         errors.DiagramError: errors.DiagramError("Graphviz 'dot' is not installed"),
+        errors.ResourceLeakError: errors.ResourceLeakError(
+            "FakeStep 'gen_0'",
+            [ReleasedObject("model", "torch.nn.Linear", 4096, ("Out[3]",))],
+            4096,
+        ),
     }
 
 

@@ -71,7 +71,7 @@ def test_demo_status_table_shows_only_classes_a_user_could_write(demo_output: st
     assert tables, f"no status table in the demo's output:\n{demo_output}"
     rows = [row for table in tables for row in table]
     for row in rows:
-        assert len(row) == 6, f"a row that is not step/class/state/since/load/holders: {row}"
+        assert len(row) == 7, f"not a step/class/state/since/load/holders/holds row: {row}"
         shown_class = row[0].split(" ")[0]  # the step's display name starts with its class
         assert not shown_class.startswith("_"), f"a private class in the table: {row}"
         assert not row[1].startswith("_"), f"a private class in the table: {row}"

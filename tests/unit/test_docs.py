@@ -247,4 +247,4 @@ def test_design_has_the_thirteen_sections() -> None:
     headings = re.findall(r"^## (\d+)\. (.+)$", (REPO / "docs" / "design.md").read_text(), re.M)
     assert [int(number) for number, _ in headings] == list(range(1, 14))
     planned = [int(number) for number, title in headings if title.endswith("(planned)")]
-    assert planned == [11]  # §10 (async), §12 (groups; budgets still planned), §13 are built
+    assert planned == []  # §11 (drain still planned) and §12 (budgets still planned) in part

@@ -62,7 +62,16 @@ def test_status_lists_live_steps_as_a_table() -> None:
     assert rows["FakeStep 'beta'"].since is None
     text = str(stepfsm.status())
     lines = text.splitlines()
-    assert lines[0].split() == ["step", "class", "state", "since", "last", "load", "holders"]
+    assert lines[0].split() == [
+        "step",
+        "class",
+        "state",
+        "since",
+        "last",
+        "load",
+        "holders",
+        "holds",
+    ]
     assert set(lines[1]) <= {"-", " "}
     assert any("FakeStep 'alpha'" in line and "loaded" in line for line in lines)
     assert repr(stepfsm.status()) == str(stepfsm.status())

@@ -56,6 +56,10 @@ def _error_samples() -> list[BaseException]:
         stepfsm.DuplicateLoadWarning("LLM 'b'", "LLM 'a'", 1.0),
         stepfsm.UnloadedUseWarning("LLM 'a'", State.FAILED, "generate", cause),
         stepfsm.CleanupWarning("LLM 'a'", cause),
+        stepfsm.LeakWarning(
+            "LLM 'a'", [stepfsm.ReleasedObject("model", "Model", 10, ("_", "Out[2]"))], 10
+        ),
+        stepfsm.ResourceLeakError("LLM 'a'", [stepfsm.ReleasedObject("cache[0]", "Model", 0)], 0),
     ]
 
 
