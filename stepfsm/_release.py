@@ -369,31 +369,42 @@ class _Collector(threading.local):
     """Per thread: the reports ``unload_all()`` gathers instead of warning once per step."""
 
     def __init__(self) -> None:
-        self.reports: list[tuple[ReleaseReport, str]] | None = None
+        #: the frame of the collecting call, and its list
+        self.entry: tuple[types.FrameType, list[tuple[ReleaseReport, str]]] | None = None
 
 
 _COLLECTOR: Final = _Collector()
 
 
 def collect(report: ReleaseReport, policy: str) -> bool:
-    """Keep ``report`` (with the step's ``on_leak``) for :func:`collecting`; whether one runs."""
-    reports = _COLLECTOR.reports
-    if reports is None:
+    """Keep ``report`` (with the step's ``on_leak``) for :func:`collecting`; whether one runs.
+
+    A collector whose call is no longer on this thread's stack (an interrupt
+    landed before it was reset) is dropped here.
+    """
+    entry = _COLLECTOR.entry
+    if entry is None:
         return False
-    reports.append((report, policy))
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and frame is not entry[0]:
+        frame = frame.f_back
+    if frame is None:
+        _COLLECTOR.entry = None
+        return False
+    entry[1].append((report, policy))
     return True
 
 
 @contextlib.contextmanager
 def collecting() -> Iterator[list[tuple[ReleaseReport, str]]]:
     """Within the block, this thread's unloads hand their reports to the list it yields."""
-    previous = _COLLECTOR.reports
+    previous = _COLLECTOR.entry
     reports: list[tuple[ReleaseReport, str]] = []
-    _COLLECTOR.reports = reports
+    _COLLECTOR.entry = (sys._getframe(2), reports)  # the caller of the with statement
     try:
         yield reports
     finally:
-        _COLLECTOR.reports = previous
+        _COLLECTOR.entry = previous
 
 
 def held_bytes(key: int) -> int | None:

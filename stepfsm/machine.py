@@ -1203,7 +1203,8 @@ class Lifecycle:
         """With the claim held and the state ``loaded``: run the unload; return its value."""
         owner = self.owner_ref()
         self._ret = None
-        watched = self._watch()
+        # checked by _call_unload once the claim is let go (reload and release: not yet)
+        watched = self._watch() if operation == "unload" else None
         self._fire("begin_unload")
         if self._outbox:
             self._deliver()
