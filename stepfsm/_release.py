@@ -141,6 +141,38 @@ _NOTHING_INSIDE: Final = frozenset(
 )
 
 
+# What the size estimate does with an object, by its type (cached per type: a type's
+# kind never changes, and a torch or numpy type cannot exist before its module).
+_SKIP, _VIEW, _TENSOR, _MODULE, _ARRAY, _DICT, _ITEMS, _OBJECT = range(8)
+_KINDS: Final[dict[type, int]] = {}
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is not None:
+        return kind
+    torch = sys.modules.get("torch")
+    numpy = sys.modules.get("numpy")
+    if issubclass(cls, memoryview):
+        kind = _VIEW
+    elif issubclass(cls, (str, int, float, complex, type, types.ModuleType)):
+        kind = _SKIP
+    elif torch is not None and issubclass(cls, torch.Tensor):
+        kind = _TENSOR
+    elif torch is not None and issubclass(cls, torch.nn.Module):
+        kind = _MODULE
+    elif numpy is not None and issubclass(cls, numpy.ndarray):
+        kind = _ARRAY
+    elif issubclass(cls, dict):
+        kind = _DICT
+    elif issubclass(cls, (list, tuple, set, frozenset)):
+        kind = _ITEMS
+    else:
+        kind = _OBJECT
+    _KINDS[cls] = kind
+    return kind
+
+
 class _Sizer:
     """One estimate: what was counted already (objects, torch storages, numpy bases)."""
 
@@ -148,8 +180,6 @@ class _Sizer:
         self.seen: set[int] = set()
         self.storages: set[tuple[str, int]] = set()
         self.visits = 0
-        self.torch = sys.modules.get("torch")
-        self.numpy = sys.modules.get("numpy")
 
     def size(self, obj: object, depth: int) -> int:
         total = 0
@@ -157,48 +187,57 @@ class _Sizer:
         seen = self.seen
         while todo and self.visits < SIZE_VISITS:
             item, level = todo.pop()
-            kind = type(item)
-            if kind in _NOTHING_INSIDE:  # the common values, without a call
-                if kind is bytes or kind is bytearray:
+            cls = type(item)
+            if cls in _NOTHING_INSIDE:  # the common values, without a call
+                if cls is bytes or cls is bytearray:
                     total += len(item)  # type: ignore[arg-type]
                 continue
-            if id(item) in seen or isinstance(item, (type, types.ModuleType)):
+            kind = _KINDS.get(cls)
+            if kind is None:
+                kind = _kind(cls)
+            if kind == _SKIP or id(item) in seen:
                 continue
             seen.add(id(item))
             self.visits += 1
-            leaf = self._leaf(item)
-            if leaf is not None:
-                total += leaf
-                continue
-            if level > 0:
-                todo += [(child, level - 1) for child in _children(item)]
+            if kind == _OBJECT:
+                if level > 0:
+                    attrs = getattr(item, "__dict__", None)
+                    if type(attrs) is dict:
+                        todo += [(child, level - 1) for child in attrs.values()]
+                    private = getattr(item, "__pydantic_private__", None)
+                    if type(private) is dict:
+                        todo += [(child, level - 1) for child in private.values()]
+            elif kind == _DICT:
+                if level > 0:
+                    values = list(item.values())[:CONTAINER_ITEMS]  # type: ignore[attr-defined]
+                    todo += [(child, level - 1) for child in values]
+            elif kind == _ITEMS:
+                if level > 0:
+                    items = list(item)[:CONTAINER_ITEMS]  # type: ignore[call-overload]
+                    todo += [(child, level - 1) for child in items]
+            else:
+                total += self._leaf(item, kind)
         return total
 
-    def _leaf(self, obj: object) -> int | None:
-        if isinstance(obj, (bytes, bytearray)):
-            return len(obj)
-        if isinstance(obj, memoryview):
-            return obj.nbytes
-        if isinstance(obj, (str, int, float, bool, complex)):
+    def _leaf(self, obj: Any, kind: int) -> int:
+        if kind == _VIEW:
+            return int(obj.nbytes)
+        if kind == _TENSOR:
+            return self._tensor(obj)
+        if kind == _MODULE:
+            return sum(self._tensor(t) for t in (*obj.parameters(), *obj.buffers()))
+        base = obj  # a numpy array: its base array, counted once
+        while (
+            base.base is not None
+            and type(base.base) is not bytes
+            and _kind(type(base.base)) == _ARRAY
+        ):
+            base = base.base
+        key = ("numpy", id(base))
+        if key in self.storages:
             return 0
-        torch = self.torch
-        if torch is not None:
-            if isinstance(obj, torch.Tensor):
-                return self._tensor(obj)
-            if isinstance(obj, torch.nn.Module):
-                tensors = (*obj.parameters(), *obj.buffers())
-                return sum(self._tensor(t) for t in tensors)
-        numpy = self.numpy
-        if numpy is not None and isinstance(obj, numpy.ndarray):
-            base = obj
-            while isinstance(base.base, numpy.ndarray):
-                base = base.base
-            key = ("numpy", id(base))
-            if key in self.storages:
-                return 0
-            self.storages.add(key)
-            return int(base.nbytes)
-        return None
+        self.storages.add(key)
+        return int(base.nbytes)
 
     def _tensor(self, tensor: Any) -> int:
         try:
@@ -211,20 +250,6 @@ class _Sizer:
             return 0
         self.storages.add(key)
         return nbytes
-
-
-def _children(obj: object) -> Iterable[object]:
-    """What the size estimate looks into: a container's items, an object's attributes."""
-    if isinstance(obj, dict):
-        return list(obj.values())[:CONTAINER_ITEMS]
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return list(obj)[:CONTAINER_ITEMS]
-    attrs = getattr(obj, "__dict__", None)
-    values = list(attrs.values()) if isinstance(attrs, dict) else []
-    private = getattr(obj, "__pydantic_private__", None)
-    if isinstance(private, dict):
-        values += private.values()
-    return values
 
 
 # ------------------------------------------------------------------- watch

@@ -299,6 +299,9 @@ class LifecycleMachine(RuleBasedStateMachine):
                 f"make()/factory() returned {type(obj).__qualname__}, which is not stateful: "
                 "decorate its class with @stepfsm.stateful or inherit stepfsm.Stateful."
             )
+        # A leak is not an outcome of the §2 table, and the kit's own records refer to what
+        # it drives: no release check (each survivor would cost a gc and a search).
+        lifecycle(obj).on_leak = "ignore"
         tracked = Tracked(obj, f"s{next(self._names)}", origin=origin)
         self._watch(tracked)
         self.tracked.append(tracked)

@@ -241,7 +241,11 @@ def test_an_attribute_the_unload_did_not_clear_is_named_on_the_step() -> None:
 def test_ipython_out_and_underscores_are_named_as_a_user_types_them() -> None:
     """A real in-process IPython shell: a cell whose value is the model."""
     interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
-    shell = interactiveshell.InteractiveShell.instance()
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no history thread left behind in this process
+    shell = interactiveshell.InteractiveShell.instance(config=config)
     try:
         shell.user_ns["step"] = step = Model("ipython")
         shell.run_cell("step.load()", store_history=True)

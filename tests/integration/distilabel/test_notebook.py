@@ -8,7 +8,6 @@ same stepfsm and distilabel as the tests. Cells are executed one by one with
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from unittest.mock import ANY
 import pytest
 
 from tests.integration.distilabel import require
+from tests.integration.kernel import Session
 
 require("distilabel")
 
@@ -121,36 +121,13 @@ CELLS = {
 }
 
 
-class Session:
-    """A running kernel: ``session(name)`` runs the cell ``CELLS[name]`` and returns its outputs.
-
-    ``raised`` collects ``(ename, evalue)`` of every cell that raised, from the
-    kernel's execute replies (whatever the cell displays).
-    """
-
-    def __init__(self, client: NotebookClient, notebook: Any) -> None:
-        self.client = client
-        self.notebook = notebook
-        self.index = {name: i for i, name in enumerate(CELLS)}
-        self.raised: list[tuple[str, str]] = []
-
-    def __call__(self, name: str) -> list[Any]:
-        cell = self.notebook.cells[self.index[name]]
-        self.client.execute_cell(cell, self.index[name])
-        return copy.deepcopy(cell.outputs)
-
-    def record(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
-        content = execute_reply["content"]
-        self.raised.append((content["ename"], content["evalue"]))
-
-
 @pytest.fixture
 def session(kernel: str, tmp_path: Path) -> Iterator[Session]:
     """A fresh kernel with the CELLS notebook loaded (shut down after the test)."""
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS.values()]
     client = client_for(notebook, kernel, tmp_path, allow_errors=True)
-    running = Session(client, notebook)
+    running = Session(client, notebook, CELLS)
     client.on_cell_error = running.record
     with client.setup_kernel():
         yield running
