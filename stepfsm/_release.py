@@ -40,6 +40,7 @@ from . import _snapshot
 from .errors import format_bytes
 
 __all__ = [
+    "DEFERRED",
     "ReleaseReport",
     "ReleasedObject",
     "check",
@@ -430,6 +431,17 @@ def collecting() -> Iterator[list[tuple[ReleaseReport, str]]]:
         yield reports
     finally:
         _COLLECTOR.entry = previous
+
+
+class _Deferred(threading.local):
+    """Per thread: checks waiting for the step operation whose code is running to end."""
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[Any, Watch]] = []
+
+
+#: ``DEFERRED.checks``: ``(lifecycle, watch)`` pairs, oldest first (see ``machine``)
+DEFERRED: Final = _Deferred()
 
 
 def held_bytes(key: int) -> int | None:

@@ -584,6 +584,8 @@ class Lifecycle:
         finally:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
+            if self._released is not None or _rel.DEFERRED.checks:  # outside the claim
+                self._check_release()
 
     def acquire(self, holder: object = None) -> None:
         """Take a hold on the step, loading it first if needed.
@@ -640,6 +642,8 @@ class Lifecycle:
         finally:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
+            if self._released is not None or _rel.DEFERRED.checks:  # outside the claim
+                self._check_release()
 
     @contextlib.contextmanager
     def loaded(self) -> Iterator[Any]:
@@ -993,7 +997,7 @@ class Lifecycle:
         finally:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
-            if self._released is not None:  # outside the claim: a gc.collect() may run
+            if self._released is not None or _rel.DEFERRED.checks:  # outside the claim
                 self._check_release()
 
     # ---------------------------------------------------------------- claims
@@ -1203,8 +1207,7 @@ class Lifecycle:
         """With the claim held and the state ``loaded``: run the unload; return its value."""
         owner = self.owner_ref()
         self._ret = None
-        # checked by _call_unload once the claim is let go (reload and release: not yet)
-        watched = self._watch() if operation == "unload" else None
+        watched = self._watch()  # checked once the claim is let go (_check_release)
         self._fire("begin_unload")
         if self._outbox:
             self._deliver()
@@ -1316,14 +1319,30 @@ class Lifecycle:
     def _check_release(self) -> None:
         """After an unload returned and let go of the claim: check what it should have freed.
 
+        Inside another step's load or unload code on this thread (a parent's
+        unload releasing its child), the check waits until that step's operation
+        has ended, so that its code's frames no longer hold what was freed and
+        the child's report cannot fail the parent's unload. The outermost
+        operation runs the checks waiting on its thread.
+
         Raises:
             ResourceLeakError: something is still alive and ``on_leak`` is ``"raise"``.
         """
         released = self._released
-        if released is None or released[0] != _get_ident():
-            return  # another thread's unload: it checks its own
-        self._released = None
-        report = _rel.check(self.name, released[1], self.owner_ref())
+        if released is not None and released[0] == _get_ident():  # else: its thread checks
+            self._released = None
+            if _running.stack:
+                _rel.DEFERRED.checks.append((self, released[1]))
+                return
+            self._report(released[1])
+        if not _running.stack:
+            waiting = _rel.DEFERRED.checks
+            while waiting:
+                lifecycle, watched = waiting.pop(0)
+                lifecycle._report(watched)
+
+    def _report(self, watched: _rel.Watch) -> None:
+        report = _rel.check(self.name, watched, self.owner_ref())
         self._last_release = report
         if _rel.collect(report, self.on_leak) or not report.leaked:
             return  # unload_all() reports every leak at once
@@ -1504,6 +1523,8 @@ class Lifecycle:
                     child._release(key)
             except StepStateError:  # a forced unload of the child evicted us already
                 pass
+            except (ResourceLeakError, LeakWarning) as leak:  # the child unloaded: report it
+                interrupt = interrupt or leak
             except Exception:
                 log.exception("releasing %s held by %s failed", child.name, self.name)
             except BaseException as error:  # release the others, then re-raise it

@@ -456,3 +456,62 @@ def test_a_cuda_delta_that_did_not_come_back_is_a_leak(monkeypatch: pytest.Monke
     assert [(item.attribute, item.size) for item in warning.leaked] == [("CUDA memory", 3000)]
     assert emptied == [1000]  # not after a leak
     assert _release.cuda_allocated() == 4000
+
+
+# ------------------------------------------- every unload, not only unload()
+
+
+def test_reload_and_with_loaded_check_their_unload_too() -> None:
+    step = Model("reloaded")
+    step.load()
+    kept = step.model
+    with pytest.warns(LeakWarning, match="model"):
+        stepfsm.reload(step)
+    assert stepfsm.lifecycle(step).last_release is not None
+    step.unload()
+    held: list[Any] = []
+    with pytest.warns(LeakWarning, match="shards"), stepfsm.loaded(step):
+        held.append(step.shards[0] if step.shards else None)
+    assert stepfsm.state(step) is State.UNLOADED
+    del kept, held
+
+
+def test_a_group_unload_checks_each_step() -> None:
+    a, b = Model("ga"), Model("gb")
+    group = stepfsm.group(a, b)
+    group.load()
+    kept = b.model
+    with pytest.warns(LeakWarning, match="Model 'gb'"):
+        group.unload()
+    assert stepfsm.lifecycle(a).last_release is not None
+    assert not stepfsm.lifecycle(a).last_release.leaked
+    del kept
+
+
+def test_a_child_released_by_its_parents_unload_is_checked_after_the_parent() -> None:
+    """The child's check waits for the parent's unload to end: a leak in the child is
+    reported after it, and cannot turn into the parent's UnloadError."""
+    child = Model("child")
+    kept: list[Any] = []
+
+    @stepfsm.stateful
+    class Parent:
+        name = "parent"
+
+        def load(self) -> None:
+            child.load()  # a hold on the child, taken by this load
+            kept.append(child.model)
+
+        def unload(self) -> None:
+            child.unload()  # lets go of that hold: the child unloads here
+            assert stepfsm.state(child) is State.UNLOADED
+
+    parent = Parent()
+    parent.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakWarning)  # as under pytest's -W error
+        with pytest.raises(LeakWarning, match="Model 'child'"):
+            parent.unload()
+    assert stepfsm.state(parent) is State.UNLOADED  # the parent's unload succeeded
+    assert stepfsm.state(child) is State.UNLOADED
+    del kept[:]
