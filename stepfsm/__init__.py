@@ -10,6 +10,7 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``_release``   verified release: what an unload freed, sizes, who holds a leak
 * ``_engine``    the shared ``transitions`` machine and firing a trigger
 * ``_aio``       event-loop plumbing for the async operations (worker threads, wake-ups)
+* ``_drain``     the guarded calls running now (found on stacks, or listed if async)
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),
   recovery
@@ -42,6 +43,7 @@ from collections.abc import Iterator as _Iterator
 from typing import Any as _Any
 
 from . import _travel  # wires what a pickled step carries (no public names)
+from ._drain import RunningCall as RunningCall
 from ._group import Group as Group
 from ._group import group as group
 from ._release import ReleasedObject as ReleasedObject
@@ -110,6 +112,7 @@ __all__ = [
     "ReleasedObject",
     "RepeatedLoadWarning",
     "ResourceLeakError",
+    "RunningCall",
     "State",
     "Stateful",
     "Status",

@@ -40,6 +40,7 @@ __all__ = [
     "Link",
     "bridging",
     "cancelled",
+    "current_task",
     "detached",
     "in_thread",
     "run_coroutine",
@@ -67,10 +68,12 @@ def running() -> tuple[object, ...]:
 class Link:
     """A worker thread's tie to the task that awaits it."""
 
-    __slots__ = ("cancelled", "inner", "lock", "loop", "task")
+    __slots__ = ("cancelled", "inner", "lock", "loop", "origin", "task")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: object = None) -> None:
         self.loop = loop
+        #: the task that awaits the thread (its guarded calls must not hold up the thread)
+        self.origin = origin
         self.lock = threading.Lock()
         self.cancelled = False
         #: the future of the async user code the thread runs on ``loop``, while it runs
@@ -109,6 +112,15 @@ def on_loop_thread() -> bool:
     return True
 
 
+def current_task() -> object:
+    """The asyncio task running on this thread, or ``None`` (no loop, or not in a task)."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    loop = aio._get_running_loop()  # None, not a RuntimeError to catch (and chain)
+    return None if loop is None else aio.current_task(loop)
+
+
 def bridging() -> Link | None:
     """The link of the current thread, if it is a worker serving an async operation."""
     link: Link | None = getattr(_LOCAL, "link", None)
@@ -127,7 +139,7 @@ async def in_thread(fn: Callable[[], R], settle: bool = True) -> R:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    link = Link(loop)
+    link = Link(loop, asyncio.current_task(loop))
     done: asyncio.Future[R] = loop.create_future()
     context = contextvars.copy_context()
 

@@ -1,22 +1,42 @@
 """Guards: the check that a guarded method's step is loaded, written into the method.
 
 A guarded method must raise ``NotLoadedError`` (or wait out a transition)
-when its step is not loaded, and cost next to nothing when it is. Two ways:
+when its step is not loaded, cost next to nothing when it is, and let an
+unload know that it is running (``_drain``). It reads the step's loaded flag,
+whose value while loaded is the load's token, into the local variable
+``_stepfsm_t``, takes the slow path (``machine.require_loaded``, which waits
+or raises and returns the token to hold) if it is not set, and clears the
+variable when it returns (an interrupt that lands in between can leave a
+finished frame holding it; ``_drain`` tells those apart)::
 
-* **Inline** (the usual case): the method's own source is compiled again with
-  one statement in front of its body, ``if not self.__stepfsm_loaded__:
-  <slow path>``, same file, same line numbers, same globals and closure. A
-  call costs one attribute read more than the plain method: no second frame.
-  It is used only when the recompiled body is provably the running one (its
+    try:
+        _stepfsm_t = self.__stepfsm_loaded__
+        if not _stepfsm_t:
+            _stepfsm_t = _stepfsm_slow(self, "generate")
+        <the method's body>
+    finally:
+        _stepfsm_t = None
+
+Three ways:
+
+* **Inline** (the usual case): the method's own source is compiled again
+  with those statements around its body, same file, same line numbers, same
+  globals and closure: no second frame, a few bytecodes more per call. It is
+  used only when the recompiled body is provably the running one (its
   bytecode, names and constants equal the original's), so a source file
   edited after import, a decorated method, or a method without source never
-  gets it.
-* **Wrapper** (otherwise, and for slotted classes): a generated function with
-  the method's exact signature that checks, then calls the original.
+  gets it. ``locals()`` inside the method shows ``_stepfsm_t``.
+* **Wrapper** (otherwise, for generators and for slotted classes): a
+  generated function with the method's exact signature that does the same
+  around a call of the original. A generator's steps run through
+  :func:`_delegate`, which holds the token only while a step runs.
+* **Async** (``async def`` methods): a wrapper that lists the call on the
+  step's lifecycle while it runs (it is suspended most of that time, and its
+  own task may be the one that unloads), and whose slow path awaits a
+  transition instead of blocking the loop.
 
-Either way the new function carries ``__stepfsm_original__`` (the method as
-written) and the slow path is ``machine.require_loaded`` (``arequire_loaded``
-for ``async def`` methods, which awaits instead of blocking the loop).
+Each new function carries ``__stepfsm_original__`` (the method as written);
+the code objects that hold the token are registered with ``_drain``.
 """
 
 from __future__ import annotations
@@ -28,10 +48,10 @@ import inspect
 import sys
 import textwrap
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
-from . import machine, registry
+from . import _drain, machine, registry
 from ._settings import LOADED_FLAG
 
 __all__ = ["make_guard"]
@@ -39,29 +59,85 @@ __all__ = ["make_guard"]
 _P = inspect.Parameter
 
 
-def _dead() -> None:
-    """What the loaded table's missing entry dereferences to."""
-    return None
-
-
-#: The fast path: one attribute read (the flag) or, without a __dict__, one id() lookup.
-_CHECKS: Final = {
-    True: "not {self}." + LOADED_FLAG,
-    False: "_stepfsm_loaded.get(_stepfsm_id({self}), _stepfsm_dead)() is not {self}",
+#: How each kind of guard reads the step's token (its loaded flag) into
+#: ``_stepfsm_t``, and when it must take the slow path: an attribute read, or,
+#: without a __dict__, the table of tokens (whose entry must be this object's).
+_READS: Final = {
+    True: "{self}." + LOADED_FLAG,
+    False: "_stepfsm_tokens.get(_stepfsm_id({self}))",
 }
+_CHECKS: Final = {
+    True: "not _stepfsm_t",
+    False: "_stepfsm_t is None or _stepfsm_t.owner() is not {self}",
+}
+#: The call holds the token in ``_stepfsm_t`` until it returns: an unload waits
+#: until no call holds it (``_drain``). The slow path returns the token to hold.
 _TEMPLATE: Final = """\
-{kw}def {name}({params}):
-    if {check}:
-        {aw}{slow}({self}, {operation!r})
-    return {aw}_stepfsm_fn({call})
+def {name}({params}):
+    try:
+        _stepfsm_t = {read}
+        if {check}:
+            _stepfsm_t = _stepfsm_slow({self}, {operation!r})
+        return _stepfsm_fn({call})
+    finally:
+        _stepfsm_t = None
 """
-# A generator method stays a generator function: the check runs at the first next().
+# An async call is listed while it runs (it is suspended most of that time, and
+# its own task may be the one that unloads the step).
+_ASYNC_TEMPLATE: Final = """\
+async def {name}({params}):
+    _stepfsm_call = _stepfsm_enter({self}, {operation!r})
+    if _stepfsm_call is None:
+        _stepfsm_call = await _stepfsm_aslow({self}, {operation!r})
+    try:
+        return await _stepfsm_fn({call})
+    finally:
+        _stepfsm_leave(_stepfsm_call)
+"""
+# A generator method stays a generator function: the check runs at the first next();
+# each step then runs holding the token, a suspended generator holds nothing.
 _GENERATOR_TEMPLATE: Final = """\
 def {name}({params}):
-    if {check}:
-        _stepfsm_slow({self}, {operation!r})
-    return (yield from _stepfsm_fn({call}))
+    try:
+        _stepfsm_t = {read}
+        if {check}:
+            _stepfsm_t = _stepfsm_slow({self}, {operation!r})
+        _stepfsm_g = _stepfsm_delegate({self}, _stepfsm_fn({call}), _stepfsm_t)
+    finally:
+        _stepfsm_t = None
+    return (yield from _stepfsm_g)
 """
+
+
+def _delegate(obj: object, it: Generator[Any, Any, Any], first: object) -> Generator[Any, Any, Any]:
+    """``yield from it``, holding ``obj``'s token only while ``it`` runs a step.
+
+    ``first`` is the token the guard's check took, held for the first step.
+    Values sent, exceptions thrown and ``close()`` reach ``it`` as with
+    ``yield from``.
+    """
+    _stepfsm_t = first
+    first = None
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            item = it.send(value) if error is None else it.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            _stepfsm_t = error = None
+        try:
+            value = yield item
+        except GeneratorExit:
+            it.close()
+            raise
+        except BaseException as thrown:  # passed into the generator, as `yield from` does
+            error, value = thrown, None
+        _stepfsm_t = registry.token_of(obj)
+
+
+_drain.register(_delegate.__code__)
 
 
 def make_guard(
@@ -83,37 +159,43 @@ def make_guard(
             return inline
     namespace: dict[str, Any] = {
         "_stepfsm_id": id,
-        "_stepfsm_loaded": registry.loaded_table(),
-        "_stepfsm_dead": _dead,
+        "_stepfsm_tokens": registry.tokens_table(),
+        "_stepfsm_delegate": _delegate,
         "_stepfsm_slow": machine.require_loaded,
-        "_stepfsm_aslow": machine.arequire_loaded,
+        "_stepfsm_enter": machine.enter_call,
+        "_stepfsm_aslow": machine.aenter_call,
+        "_stepfsm_leave": machine.leave_call,
         "_stepfsm_fn": fn,
     }
-    source = _guard_source(fn, operation, namespace, _CHECKS[flag])
+    source = _guard_source(fn, operation, namespace, _READS[flag], _CHECKS[flag])
     exec(compile(source, f"<stepfsm guard {operation}>", "exec"), namespace)
     guard: Callable[..., Any] = namespace[operation if operation.isidentifier() else "guarded"]
+    if not inspect.iscoroutinefunction(fn):  # an async call is listed instead
+        _drain.register(guard.__code__)
     functools.update_wrapper(guard, fn)
     guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
     return guard
 
 
 def _guard_source(
-    fn: Callable[..., Any], operation: str, namespace: dict[str, Any], check: str
+    fn: Callable[..., Any], operation: str, namespace: dict[str, Any], read: str, check: str
 ) -> str:
     name = operation if operation.isidentifier() else "guarded"
-    is_async = inspect.iscoroutinefunction(fn)
-    template = _GENERATOR_TEMPLATE if inspect.isgeneratorfunction(fn) else _TEMPLATE
+    if inspect.iscoroutinefunction(fn):
+        template = _ASYNC_TEMPLATE
+    elif inspect.isgeneratorfunction(fn):
+        template = _GENERATOR_TEMPLATE
+    else:
+        template = _TEMPLATE
 
     def render(params: str, self: str, call: str) -> str:
         return template.format(
-            kw="async " if is_async else "",
             name=name,
             params=params,
+            read=read.format(self=self),
             check=check.format(self=self),
             self=self,
             operation=operation,
-            aw="await " if is_async else "",
-            slow="_stepfsm_aslow" if is_async else "_stepfsm_slow",
             call=call,
         )
 
@@ -183,8 +265,11 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     if (
         not isinstance(fn, types.FunctionType)
         or code is None
+        or inspect.iscoroutinefunction(fn)  # listed while it runs: the async wrapper
+        or inspect.isgeneratorfunction(fn)  # holds the token only while a step runs
         or inspect.isasyncgenfunction(fn)
         or _SLOW in code.co_freevars
+        or _drain.HOLDER in code.co_varnames
     ):
         return None
     try:
@@ -193,11 +278,7 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
     node = tree.body[0] if len(tree.body) == 1 else None
-    if (
-        not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        or node.decorator_list
-        or node.name != code.co_name
-    ):
+    if not isinstance(node, ast.FunctionDef) or node.decorator_list or node.name != code.co_name:
         return None
     params = [*node.args.posonlyargs, *node.args.args]
     if not params:
@@ -206,24 +287,27 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     imported = _imported(code, fn.__globals__)
     if not _same(_compile(node, code, imported), code):  # the source is not what runs
         return None
-    is_async = isinstance(node, ast.AsyncFunctionDef)
-    call = f"{_SLOW}({params[0].arg}, {operation!r})"
+    me, hold = params[0].arg, _drain.HOLDER
     check = ast.parse(
-        f"if not {params[0].arg}.{LOADED_FLAG}:\n    {'await ' if is_async else ''}{call}\n"
-    ).body[0]
+        f"{hold} = {me}.{LOADED_FLAG}\nif not {hold}:\n    {hold} = {_SLOW}({me}, {operation!r})\n"
+    ).body
+    release = ast.parse(f"{hold} = None\n").body
     at = node.body[0]
-    for part in ast.walk(check):  # the def line: tracebacks of the check point there
-        if isinstance(part, (ast.stmt, ast.expr)):
+    for part in (p for stmt in (*check, *release) for p in ast.walk(stmt)):
+        if isinstance(part, (ast.stmt, ast.expr)):  # the def line: tracebacks point there
             part.lineno = part.end_lineno = node.lineno
             part.col_offset, part.end_col_offset = at.col_offset, at.col_offset
     docstring = ast.get_docstring(node, clean=False) is not None
-    node.body.insert(1 if docstring else 0, check)
+    head, body = node.body[:1] if docstring else [], node.body[1:] if docstring else node.body
+    held = ast.Try(body=[*check, *body], handlers=[], orelse=[], finalbody=release)
+    ast.copy_location(held, release[0])
+    node.body = [*head, held]
+    ast.fix_missing_locations(node)
     guarded_code = _compile(node, code, imported, extra=(_SLOW,))
     if guarded_code is None:
         return None
-    slow = machine.arequire_loaded if is_async else machine.require_loaded
     cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=True))
-    cells[_SLOW] = types.CellType(slow)
+    cells[_SLOW] = types.CellType(machine.require_loaded)
     guard = types.FunctionType(
         guarded_code,
         fn.__globals__,
@@ -234,6 +318,7 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     guard.__kwdefaults__ = fn.__kwdefaults__
     functools.update_wrapper(guard, fn)
     guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
+    _drain.register(guarded_code)
     return guard
 
 
@@ -249,7 +334,7 @@ def _imported(code: types.CodeType, namespace: dict[str, Any]) -> list[str]:
 
 
 def _compile(
-    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    node: ast.FunctionDef,
     code: types.CodeType,
     imported: list[str],
     extra: tuple[str, ...] = (),

@@ -55,7 +55,7 @@ OnUnloadedUse = Literal["raise", "warn", "ignore"]
 OnLeak = Literal["raise", "warn", "ignore"]
 Listener = Callable[["Lifecycle", "TransitionRecord"], object]
 #: The settings :func:`resolve` knows, and the type of each.
-Setting = Literal["on_repeat", "on_unloaded_use", "timeout", "on_leak"]
+Setting = Literal["on_repeat", "on_unloaded_use", "timeout", "on_leak", "drain_timeout"]
 
 POLICIES: Final = frozenset(get_args(OnRepeat))
 
@@ -67,9 +67,10 @@ LOADED_FLAG: Final = "__stepfsm_loaded__"
 
 
 class _Settings:
-    __slots__ = ("history", "on_leak", "on_repeat", "on_unloaded_use", "timeout")
+    __slots__ = ("drain_timeout", "history", "on_leak", "on_repeat", "on_unloaded_use", "timeout")
 
     def __init__(self) -> None:
+        self.drain_timeout: float | None = None  # None: the timeout in force
         self.on_leak: OnLeak = "warn"
         self.on_repeat: OnRepeat = "raise"
         self.on_unloaded_use: OnUnloadedUse = "raise"
@@ -92,10 +93,19 @@ class Layer:
     section 13). A layer pickles as a reference to ``home.LAYER``.
     """
 
-    __slots__ = ("home", "on_leak", "on_repeat", "on_unloaded_use", "raise_original", "timeout")
+    __slots__ = (
+        "drain_timeout",
+        "home",
+        "on_leak",
+        "on_repeat",
+        "on_unloaded_use",
+        "raise_original",
+        "timeout",
+    )
 
     def __init__(self, home: str | None = None) -> None:
         self.home = home
+        self.drain_timeout: float | None = None
         self.on_leak: OnLeak | None = None
         self.on_repeat: OnRepeat | None = None
         self.on_unloaded_use: OnUnloadedUse | None = None
@@ -111,6 +121,7 @@ class Layer:
             "on_unloaded_use": self.on_unloaded_use,
             "timeout": self.timeout,
             "on_leak": self.on_leak,
+            "drain_timeout": self.drain_timeout,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -155,6 +166,8 @@ class ClassConfig(NamedTuple):
     is_async: bool = False
     #: what an unload that leaves its load's objects alive does (docs/design.md §11)
     on_leak: OnLeak | None = None
+    #: seconds an unload waits for running guarded calls (None: the timeout in force)
+    drain_timeout: float | None = None
 
 
 def class_config(cls: type) -> ClassConfig | None:
@@ -288,6 +301,7 @@ def configure(
     timeout: float | None = _UNSET,
     history: int = _UNSET,
     on_leak: OnLeak = _UNSET,
+    drain_timeout: float | None = _UNSET,
 ) -> Configured:
     """Change the process-wide defaults; class and instance settings still win.
 
@@ -303,6 +317,9 @@ def configure(
         on_leak: what an unload that leaves alive what its load created does:
             ``"warn"`` (``LeakWarning``), ``"raise"`` (``ResourceLeakError``,
             after the step is unloaded) or ``"ignore"`` (no check).
+        drain_timeout: seconds an unload waits for guarded calls still running
+            on other threads or tasks before ``StepInUseError`` (the unload
+            code does not run); ``None`` means the ``timeout`` in force.
 
     Returns:
         A :class:`Configured` handle; ``with configure(...):`` restores on exit.
@@ -322,6 +339,8 @@ def configure(
     if on_leak is not _UNSET:
         check_policy(on_leak, "on_leak")
         changes["on_leak"] = on_leak
+    if drain_timeout is not _UNSET:
+        changes["drain_timeout"] = check_timeout(drain_timeout, "drain_timeout")
     if history is not _UNSET:
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be a whole number >= 1, not {history!r}")

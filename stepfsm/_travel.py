@@ -93,6 +93,7 @@ def _class_options(cls: type) -> dict[str, Any] | None:
         "on_unloaded_use": cfg.on_unloaded_use,
         "timeout": cfg.timeout,
         "on_leak": cfg.on_leak,
+        "drain_timeout": cfg.drain_timeout,
     }
     return {key: value for key, value in options.items() if value not in (None, ())}
 

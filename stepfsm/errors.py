@@ -28,9 +28,12 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .states import State
+
+if TYPE_CHECKING:
+    from ._drain import RunningCall
 
 __all__ = [
     "AlreadyLoadedError",
@@ -240,28 +243,58 @@ class StepFailedError(NotLoadedError):
 
 
 class StepInUseError(StepStateError):
-    """``unload()`` or ``reload()`` was called while other holders still use the step.
+    """The step is in use: held by others, or guarded calls were still running.
 
-    Holders come from ``acquire()``, ``with stepfsm.loaded(step):`` and from
-    other steps that loaded this one inside their own load. You do not get this
-    from ``unload(force=True)`` or ``unload_all()``, which evict the holders.
+    Raised by ``unload()`` or ``reload()`` while other holders remain (holders
+    come from ``acquire()``, ``with stepfsm.loaded(step):`` and from steps
+    that loaded this one inside their own load); ``unload(force=True)`` and
+    ``unload_all()`` evict holders instead. Also raised by an unload whose
+    ``drain_timeout`` expired while guarded calls of the step were still
+    running on other threads or tasks: the unload code did not run and the
+    step is ``failed`` (``docs/design.md`` §11).
 
     Attributes:
         holders: the display names of the remaining holders.
+        calls: the guarded calls still running (:class:`RunningCall`), when
+            the drain expired; empty otherwise.
+        waited: the seconds the unload waited for them (``None`` if it did not).
     """
 
-    def __init__(self, step: str, state: State, operation: str, holders: Sequence[str]) -> None:
+    def __init__(
+        self,
+        step: str,
+        state: State,
+        operation: str,
+        holders: Sequence[str],
+        calls: Sequence[RunningCall] = (),
+        waited: float | None = None,
+    ) -> None:
         self.holders = tuple(holders)
-        count = len(self.holders)
-        names = ", ".join(self.holders)
-        super().__init__(
-            f"{step} cannot {operation}(): it is held by {count} "
-            f"holder{'s' if count != 1 else ''} ({names}). Release them first "
-            f"(release(), or leave the `with loaded()` block), or call {operation}(force=True).",
-            step=step,
-            state=state,
-            operation=operation,
-        )
+        self.calls = tuple(calls)
+        self.waited = waited
+        if self.calls:
+            count = len(self.calls)
+            threads = sum(call.method is None for call in self.calls)
+            parts = [str(call) for call in self.calls if call.method is not None]
+            if threads:
+                parts.append(f"{threads} on other thread{'s' if threads != 1 else ''}")
+            message = (
+                f"{step} cannot {operation}(): {count} guarded "
+                f"call{'s' if count != 1 else ''} of it {'were' if count != 1 else 'was'} still "
+                f"running after {waited or 0:.1f} s ({'; '.join(parts)}). Its unload code did "
+                "not run, so what it holds is intact, and it is now 'failed'. Let the calls "
+                "return, then unload() again; or raise drain_timeout; unload(force=True) does "
+                "not wait."
+            )
+        else:
+            count = len(self.holders)
+            message = (
+                f"{step} cannot {operation}(): it is held by {count} "
+                f"holder{'s' if count != 1 else ''} ({', '.join(self.holders)}). Release them "
+                f"first (release(), or leave the `with loaded()` block), or call "
+                f"{operation}(force=True)."
+            )
+        super().__init__(message, step=step, state=state, operation=operation)
 
 
 class ResourceLeakError(StepFSMError):

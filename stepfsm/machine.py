@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from . import _aio, _engine, _settings, _snapshot, registry
+from . import _aio, _drain, _engine, _settings, _snapshot, registry
 from . import _release as _rel  # the module (Lifecycle has a method _release)
 from ._settings import (
     ClassConfig,
@@ -109,6 +109,7 @@ _UNLOADED: Final = State.UNLOADED
 _FAILED: Final = State.FAILED
 
 _get_ident: Final = threading.get_ident
+_getrefcount: Final = sys.getrefcount
 _getframe: Final = sys._getframe
 _wall: Final = time.time
 _monotonic: Final = time.monotonic
@@ -130,6 +131,8 @@ Claim = tuple[FrameType, int]
 _CLAIMS: Final[dict[Lifecycle, Claim]] = {}
 #: Serialises take-overs of abandoned claims (two threads may find the same one).
 _take_over_lock = threading.Lock()
+#: Serialises the creation of a lifecycle's list of running async calls.
+_calls_lock: Final = threading.Lock()
 #: Seconds between a waiter's checks for an abandoned claim.
 _SLICE: Final = 0.2
 
@@ -253,6 +256,7 @@ class Lifecycle:
 
     __slots__ = (
         "__weakref__",
+        "_acalls",
         "_acquired_load",
         "_awaiters",
         "_awaiting",
@@ -262,6 +266,7 @@ class Lifecycle:
         "_cleanup_error",
         "_config",
         "_cuda",
+        "_draining",
         "_due",
         "_engine_state",
         "_error",
@@ -279,6 +284,7 @@ class Lifecycle:
         "_ret",
         "_since",
         "_state",
+        "_token",
         "_user",
         "_waiters",
         "owner_ref",
@@ -321,6 +327,11 @@ class Lifecycle:
         self._released: tuple[int, _rel.Watch] | None = None
         self._last_release: _rel.ReleaseReport | None = None
         self._cuda: int | None = None  # CUDA bytes allocated when the last load began
+        #: the async guarded calls running now (a sync call is found on its stack: _drain)
+        self._acalls: list[_drain.Call] | None = None
+        self._draining = False  # an unload waits for running guarded calls
+        #: what the guarded calls of the current (or last) load hold while they run
+        self._token: registry.Token | None = None
 
     # ------------------------------------------------------------------ facts
 
@@ -465,6 +476,22 @@ class Lifecycle:
     def timeout(self, value: float | None) -> None:
         self._setting("timeout", check_timeout(value))
 
+    @property
+    def drain_timeout(self) -> float | None:
+        """Seconds an unload waits for guarded calls running on other threads or tasks.
+
+        When it expires the unload code does not run and the unload raises
+        ``StepInUseError`` (``docs/design.md`` §11). Unset (``None``) at every
+        level, it is :attr:`timeout`. Setting ``None`` goes back to the
+        class/global setting.
+        """
+        value: float | None = resolve("drain_timeout", self._own, self._cfg)
+        return self.timeout if value is None else value
+
+    @drain_timeout.setter
+    def drain_timeout(self, value: float | None) -> None:
+        self._setting("drain_timeout", check_timeout(value, "drain_timeout"))
+
     def __repr__(self) -> str:
         since = self.since
         when = f" since {since:%H:%M:%S}" if since else ""
@@ -572,7 +599,8 @@ class Lifecycle:
             if self._holds and not force and (state is _LOADED or state is _FAILED):
                 raise self._in_use("reload")
             if state is _LOADED:
-                self._unload_now(claim, "reload", self._user_fn(self._cfg.unload), (), {})
+                unload = self._user_fn(self._cfg.unload)
+                self._unload_now(claim, "reload", unload, (), {}, not force)
             if self._state is _FAILED:
                 self._cleanup_before_load(claim)
             result = self._run_load(claim, self._user_fn(self._cfg.load), (), {})
@@ -690,6 +718,8 @@ class Lifecycle:
         if held is not None and self._cfg.is_async and _aio.on_loop_thread():
             # its user code may need this very loop: a blocking wait would never end
             raise TransitionInProgressError(self.name, self._state, operation, None, on_loop=True)
+        if self._draining and _drain.holds(self._token):
+            return  # a running call's nested call: the unload waits for that call to return
         self._refuse_use(self._settled(operation), operation)
 
     def _refuse_use(self, state: State, operation: str) -> None:
@@ -714,9 +744,11 @@ class Lifecycle:
         unload and its load, where the state reads 'unloaded'.
         """
         claim = self._claim(operation)
-        state = self._state
-        self._end(claim)
-        return state
+        try:
+            return self._state
+        finally:
+            self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
 
     def subscribe(self, fn: _settings.Listener) -> Callable[[], None]:
         """Call ``fn(lifecycle, record)`` after each of this step's transitions.
@@ -956,12 +988,16 @@ class Lifecycle:
         kwargs: Any,
         force: bool = False,
         holder: Lifecycle | None = None,
+        drain: bool | None = None,
     ) -> Any:
         """A call of the object's wrapped unload method ``fn`` (or :meth:`unload`).
 
         Inside another step's load or unload (on this thread, or ``holder``'s
-        async one), it first drops a hold that step's load took.
+        async one), it first drops a hold that step's load took. It waits for
+        running guarded calls first (``drain``) unless ``force``.
         """
+        if drain is None:
+            drain = not force
         held = _CLAIMS.get(self)
         if held is not None and held[1] == _get_ident() and self._user is held and _alive(held):
             if self._state is _UNLOADING:  # a super().unload() inside our own unload
@@ -983,13 +1019,13 @@ class Lifecycle:
                     raise self._in_use("unload")
                 if force:
                     self._evict()
-                return self._unload_now(claim, "unload", fn, args, kwargs)
+                return self._unload_now(claim, "unload", fn, args, kwargs, drain)
             if state is _FAILED:
                 if self._holds and not force:
                     raise self._in_use("unload")
                 if force:
                     self._evict()
-                return self._cleanup(claim, "unload", fn, args, kwargs)[1]
+                return self._cleanup(claim, "unload", fn, args, kwargs, drain)[1]
             return None
         except BaseException as error:
             self._on_error(claim, error)
@@ -1121,6 +1157,7 @@ class Lifecycle:
         nobody saw it). Then the loaded flag and tables are made to agree.
         """
         self._user = None
+        self._draining = False
         stack = _running.stack
         while stack and stack[-1][0] is self:
             stack.pop()
@@ -1203,14 +1240,24 @@ class Lifecycle:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Any,
+        drain: bool = True,
     ) -> Any:
-        """With the claim held and the state ``loaded``: run the unload; return its value."""
+        """With the claim held and the state ``loaded``: run the unload; return its value.
+
+        With ``drain``, guarded calls still running elsewhere return first; if
+        they outlast ``drain_timeout`` the unload code does not run and the
+        step is ``failed`` with the ``StepInUseError`` this raises.
+        """
         owner = self.owner_ref()
         self._ret = None
         watched = self._watch()  # checked once the claim is let go (_check_release)
         self._fire("begin_unload")
         if self._outbox:
             self._deliver()
+        refused = self._drain_calls(operation) if drain else None
+        if refused is not None:
+            self._fail(refused)
+            raise refused
         error = self._call_user(claim, owner, "unload", fn, args, kwargs)
         if _CLAIMS.get(self) is not claim:
             return self._abandoned(error)
@@ -1232,11 +1279,15 @@ class Lifecycle:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Any,
+        drain: bool = True,
     ) -> tuple[BaseException | None, Any]:
         """With the claim held and the state ``failed``: run the unload as a clean-up.
 
         Returns ``(error, value)``: the clean-up's exception (the step then
         stays ``failed`` with its first error) or what the unload returned.
+        Guarded calls still running elsewhere (started while it was loaded)
+        return first, as for an unload; a ``StepInUseError`` when they outlast
+        ``drain_timeout`` is such an exception (the unload code did not run).
         """
         owner = self.owner_ref()
         self._ret = None
@@ -1244,7 +1295,9 @@ class Lifecycle:
         self._fire("begin_unload")
         if self._outbox:
             self._deliver()
-        error = self._call_user(claim, owner, "unload", fn, args, kwargs)
+        error: BaseException | None = self._drain_calls(operation) if drain else None
+        if error is None:
+            error = self._call_user(claim, owner, "unload", fn, args, kwargs)
         if _CLAIMS.get(self) is not claim:
             return None, self._abandoned(error)
         if error is None:
@@ -1563,6 +1616,65 @@ class Lifecycle:
     def _in_use(self, operation: str) -> StepInUseError:
         return StepInUseError(self.name, self._state, operation, self.holders)
 
+    def _drain_calls(self, operation: str) -> StepInUseError | None:
+        """With the claim held, ``unloading``: wait for guarded calls running elsewhere.
+
+        ``None`` once none runs; the ``StepInUseError`` naming them if they
+        outlast ``drain_timeout`` (``docs/design.md`` §11, and ``_drain``).
+        """
+        token = self._token  # references: the lifecycle, ``token``, the argument below
+        if (token is None or _getrefcount(token) <= 3) and not self._acalls:
+            return None  # the usual case: nothing else runs
+        del token
+        link = _aio.bridging()
+        own_task = link.origin if link is not None else _aio.current_task()
+        stale, counted = 0, _monotonic()  # holders not running (a heap scan: after 1 s), when
+
+        def find(began: float) -> list[_drain.RunningCall]:
+            nonlocal stale, counted
+            found: list[_drain.RunningCall] = []
+            token = self._token
+            if token is not None:  # references: the lifecycle, ``token``, the argument
+                count = _getrefcount(token) - 3
+                if count > 0:
+                    count -= _drain.holds(token)  # this thread's own calls
+                if count > 0 and (count <= stale or _monotonic() - counted > 1.0):
+                    stale, counted = _drain.stale(token), _monotonic()  # fresh before "none"
+                if count > 0:
+                    count -= stale
+                found += [_drain.RunningCall(None, None, began)] * max(count, 0)
+            for call in tuple(self._acalls or ()):
+                if call.task is not own_task or own_task is None:
+                    found.append(_drain.RunningCall(call.method, _task_name(call.task), call.since))
+            return found
+
+        if not find(0.0):
+            return None
+        self._draining = True
+        try:
+            still, waited = _drain.wait(find, self.drain_timeout)
+        finally:
+            self._draining = False
+        if not still:
+            return None
+        return StepInUseError(self.name, self._state, operation, self.holders, still, waited)
+
+    def _calls(self) -> list[_drain.Call]:
+        """The list of async guarded calls running now (made on first use)."""
+        calls = self._acalls
+        if calls is None:
+            with _calls_lock:
+                calls = self._acalls
+                if calls is None:
+                    calls = self._acalls = []
+        return calls
+
+    def _unload_for_all(self) -> None:
+        """``unload_all()``'s unload: evict the holders, but wait for running calls."""
+        if self._cfg.is_async:
+            self._sync_allowed("unload")
+        self._call_unload(self._user_fn(self._cfg.unload), (), {}, True, None, True)
+
     def _label(self, holder: object) -> str:
         if holder is None:
             return f"acquire() in thread {threading.current_thread().name}"
@@ -1658,9 +1770,23 @@ def unload_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     return unload
 
 
-def require_loaded(obj: object, operation: str) -> None:
-    """The slow path of a guard: ``obj``'s loaded flag was not set (``wrap`` uses it)."""
-    lifecycle(obj).require_loaded(operation)
+def require_loaded(obj: object, operation: str) -> registry.Token | None:
+    """The slow path of a guard: ``obj``'s loaded flag was not set (``wrap`` uses it).
+
+    Returns the token the call then holds (``_drain``): the load's, once the
+    step is loaded; ``None`` when the call may run without it (inside the
+    step's own transition, nested in a running call while an unload waits for
+    that call, or a step that is not loaded under ``on_unloaded_use``).
+    """
+    lc = lifecycle(obj)
+    while True:
+        lc.require_loaded(operation)
+        if lc._state is not _LOADED:
+            return None
+        token = registry.token_of(obj)
+        if token is not None:
+            return token
+        time.sleep(0)  # loaded, and its flag is being set by the loading thread now
 
 
 async def acall_load(
@@ -1680,6 +1806,57 @@ async def acall_unload(
 async def arequire_loaded(obj: object, operation: str) -> None:
     """The slow path of an async guard: awaits a transition instead of blocking."""
     await lifecycle(obj).arequire_loaded(operation)
+
+
+def enter_call(obj: object, operation: str) -> _drain.Call | None:
+    """An async guarded call starts: list it and return it if ``obj`` is loaded, else ``None``.
+
+    Listed before the state is read: an unload that begins after the read
+    finds the call in the list (``_drain``).
+    """
+    lc = _live_by_id(id(obj))
+    if lc is None or lc.owner_ref() is not obj:
+        return None
+    calls = lc._acalls
+    if calls is None:
+        calls = lc._calls()
+    call = _drain.Call(operation, _aio.current_task(), calls)
+    calls.append(call)
+    if lc._state is _LOADED:
+        return call
+    leave_call(call)
+    return None
+
+
+def _task_name(task: object) -> str:
+    name = getattr(task, "get_name", None)
+    return f"task {name()!r}" if callable(name) else "a coroutine outside any task"
+
+
+async def aenter_call(obj: object, operation: str) -> _drain.Call:
+    """The slow path of an async guard: await the step (or an error), then list the call."""
+    lc = lifecycle(obj)
+    calls = lc._calls()
+    task = _aio.current_task()
+    while True:
+        call = _drain.Call(operation, task, calls)
+        if lc._draining and any(c.task is task for c in tuple(calls)):
+            calls.append(call)  # a running call's nested call: the unload waits for both
+            return call
+        await lc.arequire_loaded(operation)
+        calls.append(call)
+        state = lc._state
+        if state is not _UNLOADING and state is not _LOADING:
+            return call  # loaded, or a state the on_unloaded_use policy lets it use
+        if lc._in_task() is not None:
+            return call  # inside the step's own async load/unload: it passes through
+        leave_call(call)  # an unload began meanwhile: wait for it
+
+
+def leave_call(call: _drain.Call) -> None:
+    """An async guarded call ended: take it off its lifecycle's list."""
+    with contextlib.suppress(ValueError):
+        call.home.remove(call)
 
 
 class AsyncLoaded:

@@ -54,7 +54,10 @@ __all__ = [
     "find_duplicate",
     "live",
     "live_by_id",
+    "Token",
     "loaded_table",
+    "token_of",
+    "tokens_table",
     "mark_loaded",
     "mark_unloaded",
     "owner_ref",
@@ -70,6 +73,8 @@ _LIVE: Final[dict[int, Lifecycle]] = {}
 #: slotted class checks the reference too: an entry an interrupted weakref
 #: callback left behind cannot vouch for a new object that reuses the id).
 _LOADED: Final[dict[int, OwnerRef]] = {}
+#: ``id(step)`` -> the Token of the loaded steps of slotted classes (their guards read it)
+_TOKENS: Final[dict[int, Token]] = {}
 #: id(owner) -> its place in the order of loads (for unload_all()).
 _ORDER: Final[dict[int, int]] = {}
 _SEQUENCE: Final = itertools.count(1)
@@ -103,6 +108,9 @@ def _forget(
         return
     if _loaded.get(ref.key) is ref:
         del _loaded[ref.key]
+    token = _TOKENS.get(ref.key)
+    if token is not None and token.owner is ref:
+        _TOKENS.pop(ref.key, None)
     entry = _live.get(ref.key)
     if entry is not None and entry.owner_ref is ref:
         _order.pop(ref.key, None)
@@ -167,8 +175,36 @@ def forget_where(predicate: Callable[[object], bool]) -> None:
 
 
 def loaded_table() -> dict[int, OwnerRef]:
-    """``id(step) -> weak reference`` of the loaded steps (read-only; slotted classes' guards)."""
+    """``id(step) -> weak reference`` of the loaded steps (read-only)."""
     return _LOADED
+
+
+class Token:
+    """What a guarded call holds while it runs: one per load of a step (``docs/design.md`` §11).
+
+    The guards read it as the step's loaded flag (the instance attribute
+    ``LOADED_FLAG``, or :func:`tokens_table` for slotted classes) and keep it
+    in a local variable until they return, so its reference count says how
+    many guarded calls of that load are running: an unload takes the flag
+    away first, then waits until the count is back to its own references.
+    """
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: OwnerRef) -> None:
+        self.owner = owner
+
+
+def tokens_table() -> dict[int, Token]:
+    """``id(step) -> Token`` of the loaded steps (read-only; slotted classes' guards)."""
+    return _TOKENS
+
+
+def token_of(obj: object) -> Token | None:
+    """``obj``'s token if it is loaded (a new reference: the caller now holds it), else ``None``."""
+    attrs = getattr(obj, "__dict__", None)
+    token = attrs.get(LOADED_FLAG) if isinstance(attrs, dict) else _TOKENS.get(id(obj))
+    return token if isinstance(token, Token) and token.owner() is obj else None
 
 
 def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | None) -> None:
@@ -177,7 +213,9 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
     The flag the guards read comes last, so a guard never passes early.
     """
     key = id(owner)
+    token = lc._token
     if _LOADED.get(key) is not lc.owner_ref:  # not again for a step marked already
+        token = lc._token = Token(lc.owner_ref)  # a new load: earlier loads' calls are not its
         _ORDER[key] = next(_SEQUENCE)  # (a refused operation's recovery marks it again)
         if config is not None:
             bucket = (type(owner), config[0])
@@ -186,9 +224,13 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
             if lc not in entries:
                 entries.append(lc)
         _LOADED[key] = lc.owner_ref
+    if token is None:
+        token = lc._token = Token(lc.owner_ref)
     attrs = getattr(owner, "__dict__", None)
     if isinstance(attrs, dict):
-        attrs[LOADED_FLAG] = True
+        attrs[LOADED_FLAG] = token
+    else:
+        _TOKENS[key] = token
 
 
 def mark_unloaded(lc: Lifecycle, owner: object | None) -> None:
@@ -198,6 +240,9 @@ def mark_unloaded(lc: Lifecycle, owner: object | None) -> None:
         if isinstance(attrs, dict):
             attrs.pop(LOADED_FLAG, None)
     key = lc.owner_ref.key
+    token = _TOKENS.get(key)
+    if token is not None and token.owner is lc.owner_ref:
+        del _TOKENS[key]
     if _LOADED.get(key) is lc.owner_ref:
         del _LOADED[key]
     if key in _CONFIG_OF:
@@ -481,7 +526,7 @@ def unload_all() -> Unloaded:
     with _release.collecting() as reports:
         for lc in targets:
             try:
-                lc.unload(force=True)
+                lc._unload_for_all()
             except Exception as error:  # keep going; report the first at the end
                 first = first or error
             else:
@@ -519,6 +564,7 @@ def _after_fork_in_child() -> None:
         if isinstance(attrs, dict):
             attrs.pop(LOADED_FLAG, None)
     _LOADED.clear()
+    _TOKENS.clear()
     _BY_CONFIG.clear()
     _CONFIG_OF.clear()
     RUNNING.stack = []

@@ -69,6 +69,7 @@ OPTIONS: Final = (
     "on_unloaded_use",
     "timeout",
     "on_leak",
+    "drain_timeout",
 )
 
 
@@ -86,6 +87,7 @@ def stateful(
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
     on_leak: OnLeak | None = None,
+    drain_timeout: float | None = None,
 ) -> Callable[[C], C]: ...
 
 
@@ -100,6 +102,7 @@ def stateful(
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
     on_leak: OnLeak | None = None,
+    drain_timeout: float | None = None,
 ) -> C | Callable[[C], C]:
     """Give a class (and every subclass) an explicit, thread-safe lifecycle.
 
@@ -129,6 +132,8 @@ def stateful(
         timeout: seconds to wait for another thread's load/unload.
         on_leak: this class's policy when an unload leaves alive what its
             load created (``"warn"``, ``"raise"``, ``"ignore"``).
+        drain_timeout: seconds an unload waits for guarded calls still running
+            on other threads (default: ``timeout``).
 
     Raises:
         DefinitionError: the class has no such load/unload method, or it is a
@@ -144,6 +149,7 @@ def stateful(
         "on_unloaded_use": on_unloaded_use,
         "timeout": timeout,
         "on_leak": on_leak,
+        "drain_timeout": drain_timeout,
     }
 
     def apply(target: C) -> C:
@@ -191,6 +197,7 @@ def make_stateful(
     on_unloaded_use: OnUnloadedUse | None = None,
     timeout: float | None = None,
     on_leak: OnLeak | None = None,
+    drain_timeout: float | None = None,
     before_load: Callable[[Any], None] | None = None,
     layer: Layer | None = None,
 ) -> ClassConfig:
@@ -209,6 +216,7 @@ def make_stateful(
             check_policy(value, what, DefinitionError)
     try:
         checked_timeout = check_timeout(timeout)
+        checked_drain = check_timeout(drain_timeout, "drain_timeout")
     except (TypeError, ValueError) as error:
         raise bad_option(cls, str(error)) from None
     cfg = ClassConfig(
@@ -225,6 +233,7 @@ def make_stateful(
         layer=layer or parent.layer,
         is_async=_is_async(cls, load or parent.load, unload or parent.unload),
         on_leak=on_leak or parent.on_leak,
+        drain_timeout=checked_drain if checked_drain is not None else parent.drain_timeout,
     )
     _check_definition(cls, cfg)
     patch(cls, "__stepfsm__", cfg)

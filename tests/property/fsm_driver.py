@@ -72,6 +72,7 @@ _NOT_STATE = frozenset(
         "_listeners",
         "_outbox",
         "_waiters",
+        "_token",  # a fresh object per load (what running guarded calls hold)
     }
 )
 

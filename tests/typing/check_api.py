@@ -168,3 +168,19 @@ def check_diagram(step: LLM) -> None:
     assert_type(stepfsm.diagram(step, format="dot"), str)
     assert_type(stepfsm.diagram(LLM, format="svg"), str)
     assert_type(stepfsm.diagram(stepfsm.status(), format="png"), bytes)
+
+
+def check_drain(step: LLM) -> None:
+    lc = stepfsm.lifecycle(step)
+    assert_type(lc.drain_timeout, float | None)
+    lc.drain_timeout = 2.5
+    lc.drain_timeout = "soon"  # type: ignore[assignment]
+    stepfsm.configure(drain_timeout=None)
+    try:
+        lc.unload()
+    except stepfsm.StepInUseError as error:
+        assert_type(error.calls, tuple[stepfsm.RunningCall, ...])
+        assert_type(error.waited, float | None)
+        for call in error.calls:
+            assert_type(call.method, str | None)
+            assert_type(call.since, float)

@@ -37,6 +37,7 @@ PUBLIC = [
     "ReleasedObject",
     "RepeatedLoadWarning",
     "ResourceLeakError",
+    "RunningCall",
     "State",
     "Stateful",
     "Status",

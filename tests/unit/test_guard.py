@@ -70,14 +70,31 @@ def make_class() -> type:
 
 def test_methods_with_source_get_the_inline_guard() -> None:
     model = make_class()
-    for name in ("everything", "numbers", "agenerate", "child", "keyword_only"):
+    for name in ("everything", "child", "keyword_only"):
         fn = getattr(model, name)
         assert _inline(fn), f"{name} fell back to the wrapper"
         assert fn.__code__.co_filename == __file__
         assert inspect.signature(fn) == inspect.signature(fn.__stepfsm_original__)
     assert model.everything.__doc__ == "Return every argument."
-    assert inspect.isgeneratorfunction(model.numbers)
-    assert inspect.iscoroutinefunction(model.agenerate)
+
+
+def test_generators_get_the_wrapper_that_holds_the_token_only_while_a_step_runs() -> None:
+    model = make_class()
+    fn = model.numbers
+    assert not _inline(fn)
+    assert inspect.isgeneratorfunction(fn)
+    assert "_stepfsm_delegate" in fn.__code__.co_names
+    assert inspect.signature(fn) == inspect.signature(fn.__stepfsm_original__)
+
+
+def test_async_methods_get_the_wrapper_that_lists_running_calls() -> None:
+    """A suspended coroutine is on no stack: its guard lists the call for the drain."""
+    model = make_class()
+    fn = model.agenerate
+    assert not _inline(fn)
+    assert {"_stepfsm_enter", "_stepfsm_leave"} <= set(fn.__code__.co_names)
+    assert inspect.iscoroutinefunction(fn)
+    assert inspect.signature(fn) == inspect.signature(fn.__stepfsm_original__)
 
 
 def test_the_inline_guard_behaves_like_the_method_when_loaded() -> None:
@@ -219,3 +236,46 @@ def test_uninstall_restores_the_original_method() -> None:
 def test_the_recompiled_code_keeps_the_qualified_name() -> None:
     model = make_class()
     assert model.everything.__code__.co_qualname == "make_class.<locals>.Model.everything"
+
+
+@stepfsm.stateful(guard=("echo",))
+class Echo:
+    def load(self) -> None:
+        self.log: list[str] = []
+
+    def unload(self) -> None:
+        pass
+
+    def echo(self, first: int) -> Iterator[int]:
+        """Yields what it is sent; a thrown ValueError is logged; returns the last value."""
+        value = first
+        try:
+            while True:
+                try:
+                    value = yield value
+                except ValueError as error:
+                    self.log.append(f"thrown {error}")
+                    value = -1
+        finally:
+            self.log.append("closed")
+
+
+def test_the_generator_guard_passes_send_throw_close_and_return_like_yield_from() -> None:
+    step = Echo()
+    with stepfsm.loaded(step):
+        gen = step.echo(1)
+        assert next(gen) == 1
+        assert gen.send(5) == 5
+        assert gen.throw(ValueError("x")) == -1
+        gen.close()
+        assert step.log == ["thrown x", "closed"]
+
+        def returns() -> Iterator[int]:
+            result = yield from step.echo(0)
+            return result
+
+        outer = returns()
+        next(outer)
+        with pytest.raises(KeyError):
+            outer.throw(KeyError("not caught inside"))  # propagates out, closing it
+        assert step.log[-1] == "closed"

@@ -430,6 +430,9 @@ def test_operations_leave_no_frame_for_the_garbage_collector(step: FakeStep) -> 
         lc.acquire()
         lc.release()
         step.unload()
+        lc.on_unloaded_use = "ignore"
+        lc.require_loaded()  # the guards' slow path reads the settled state under a claim
+        lc.on_unloaded_use = None
 
     operations()  # one-time objects (history, tables) stay out of the count
     gc.collect()

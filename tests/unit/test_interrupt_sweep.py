@@ -23,9 +23,12 @@ interrupt lands only in the library. ``test_storm.py`` sends real SIGINTs.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,7 +55,7 @@ class Injected(KeyboardInterrupt):
     """The interrupt the sweep raises (a KeyboardInterrupt, told apart from a real one)."""
 
 
-@stepfsm.stateful(guard=("use",))
+@stepfsm.stateful(guard=("use", "use_for"))
 class SweepStep:
     """A step whose load/unload record whether their code returned."""
 
@@ -87,6 +90,13 @@ class SweepStep:
     def use(self) -> int:
         assert self.handle is not None, "use() ran without a handle"
         return 1
+
+    def use_for(self, seconds: float, started: threading.Event) -> None:
+        """A guarded call that runs a while: an unload meanwhile must wait for it."""
+        started.set()
+        time.sleep(seconds)
+        assert self.handle is not None, "unloaded under a call"
+        assert not self.handle.closed, "unloaded under a call"
 
 
 @dataclass
@@ -136,6 +146,7 @@ def check_settled(step: SweepStep, injector: Injector) -> None:
     """The invariants after one interrupted (or completed) operation."""
     lc = stepfsm.lifecycle(step)
     where = injector.where or "nowhere (the operation completed)"
+    assert gc.isenabled(), f"the garbage collector was left off ({where})"
     raw = lc.statistics().state  # no repair: the interrupted operation settled it itself
     assert raw not in (State.LOADING, State.UNLOADING), (
         f"left {raw.value} after an interrupt at {where}"
@@ -153,7 +164,10 @@ def check_settled(step: SweepStep, injector: Injector) -> None:
     assert row.state is state, f"status() says {row.state.value}, the lifecycle {state.value}"
     loaded = state is State.LOADED
     assert (id(step) in registry.loaded_table()) == loaded, f"loaded table disagrees ({where})"
-    assert (vars(step).get(FLAG) is True) == loaded, f"the guards' flag disagrees ({where})"
+    flag = vars(step).get(FLAG)
+    assert (isinstance(flag, registry.Token) and flag is lc._token) == loaded, (
+        f"the guards' flag disagrees ({where})"
+    )
     if loaded:
         assert step.use() == 1
     else:
@@ -196,12 +210,26 @@ def _nothing(step: SweepStep) -> None:
     pass
 
 
+CALLS: list[threading.Thread] = []
+
+
+def _calling(step: SweepStep) -> None:
+    """Loaded, with a guarded call running on another thread for 10 ms (the drain waits)."""
+    step.load()
+    started = threading.Event()
+    thread = threading.Thread(target=step.use_for, args=(0.01, started), daemon=True)
+    CALLS.append(thread)
+    thread.start()
+    assert started.wait(5)
+
+
 #: (name, how the step starts, the operation under the sweep)
 OPERATIONS: list[tuple[str, Setup, Callable[[SweepStep], object]]] = [
     ("load", _nothing, lambda s: s.load()),
     ("lifecycle.load", _nothing, lambda s: stepfsm.lifecycle(s).load()),
     ("ensure_loaded", _nothing, stepfsm.ensure_loaded),
     ("unload", _loaded, lambda s: s.unload()),
+    ("unload while a call runs", _calling, lambda s: s.unload()),
     ("lifecycle.unload(force)", _loaded, lambda s: stepfsm.lifecycle(s).unload(force=True)),
     ("reload", _loaded, stepfsm.reload),
     ("load after failure", _failed, lambda s: s.load()),
@@ -240,6 +268,8 @@ def sweep(setup: Setup, operation: Callable[[SweepStep], object], child: bool = 
         step = SweepStep(f"sweep_{n}", SweepStep(f"child_{n}") if child else None)
         setup(step)
         injector = run_injected(target, lambda step=step: operation(step))
+        while CALLS:  # a guarded call of the setup: it ends by itself, unharmed
+            CALLS.pop().join(5)
         step.fail_load = False
         try:
             check_settled(step, injector)

@@ -1,0 +1,526 @@
+"""Drain: an unload waits for the guarded calls still running elsewhere (docs/design.md §11).
+
+Every test drives real threads (or tasks) that hold a guarded call open on an
+event, so what is checked is ordering, not timing: the unload code has not
+run while the call runs, and the call never sees its resource taken away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import stepfsm
+from stepfsm import NotLoadedError, RunningCall, State, StepInUseError
+from tests.support import in_thread
+
+WAIT = 10.0  # seconds any event of these tests may take before the test fails
+
+
+class Weights:
+    size = 3
+
+
+@stepfsm.stateful(
+    guard=("generate", "peek", "stream", "shutdown", "fail", "agenerate", "apeek", "ashutdown")
+)
+class Model:
+    """A model whose guarded calls can be held open: ``generate`` waits on ``go``."""
+
+    def __init__(self) -> None:
+        self.weights: Weights | None = None
+        self.unloads = 0
+        self.log: list[str] = []
+
+    def load(self) -> None:
+        self.weights = Weights()
+
+    def unload(self) -> None:
+        self.log.append("unload")
+        self.unloads += 1
+        self.weights = None
+
+    def generate(self, entered: threading.Event, go: threading.Event, nested: bool = False) -> int:
+        entered.set()
+        assert go.wait(WAIT)
+        if nested:
+            assert self.peek() is not None  # a guarded call inside a running one
+        assert self.weights is not None, "unloaded under a running call"
+        self.log.append("generate returned")
+        return self.weights.size
+
+    def peek(self) -> Weights | None:
+        return self.weights
+
+    def stream(self, entered: threading.Event, go: threading.Event) -> Iterator[int]:
+        yield 1  # suspended here, it holds nothing up
+        entered.set()
+        assert go.wait(WAIT)  # running here, it does
+        assert self.weights is not None, "unloaded under a running generator"
+        yield self.weights.size
+
+    def shutdown(self) -> str:
+        stepfsm.lifecycle(self).unload()  # its own call on this thread: no wait
+        return "done"
+
+    async def agenerate(
+        self, entered: asyncio.Event, go: asyncio.Event, nested: bool = False
+    ) -> int:
+        entered.set()
+        await go.wait()
+        if nested:
+            assert await self.apeek() is not None
+        assert self.weights is not None, "unloaded under a running call"
+        return self.weights.size
+
+    def fail(self) -> None:
+        raise RuntimeError("failed inside a guarded call")
+
+    async def apeek(self) -> Weights | None:
+        return self.weights
+
+    async def ashutdown(self) -> str:
+        await stepfsm.aunload(self)  # its own task's call: no wait
+        return "done"
+
+
+class Running:
+    """A guarded call running on its own thread, held open until :meth:`finish`."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "caller") -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, *args), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.result = fn(self.entered, self.go, *args)
+        except BaseException as error:  # checked by the test
+            self.error = error
+
+    def started(self) -> Running:
+        assert self.entered.wait(WAIT), "the guarded call never started"
+        return self
+
+    def finish(self) -> Any:
+        self.go.set()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def background(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as error:  # checked by the test
+            box["error"] = error
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.001)
+
+
+def draining(lc: stepfsm.Lifecycle) -> bool:
+    return lc.statistics().state is State.UNLOADING
+
+
+def test_unload_waits_for_a_running_call_and_a_call_after_it_began_is_refused() -> None:
+    """The issue's scene: a slow generate() on one thread, unload() on another."""
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    call = Running(model.generate, name="slow-generate").started()
+    unloader, unloaded = background(lc.unload)
+    until(lambda: draining(lc), "the unload began")
+    time.sleep(0.05)  # ample time to run the unload code, were it not waiting
+    assert model.unloads == 0
+    assert model.weights is not None
+    late, refused = background(model.peek)  # a call after the unload began: it waits
+    until(lambda: lc.statistics().waiting >= 1, "the late call waits")
+    assert call.finish() == 3  # no AttributeError: the weights were still there
+    unloader.join(WAIT)
+    late.join(WAIT)
+    assert unloaded == {"result": None}
+    assert isinstance(refused["error"], NotLoadedError)
+    assert model.log == ["generate returned", "unload"]
+    assert lc.state is State.UNLOADED
+
+
+def test_a_running_calls_nested_guarded_call_passes_while_the_unload_waits() -> None:
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    call = Running(model.generate, True).started()
+    unloader, unloaded = background(lc.unload)
+    until(lambda: draining(lc), "the unload began")
+    assert call.finish() == 3  # its peek() passed: waiting would deadlock both
+    unloader.join(WAIT)
+    assert unloaded == {"result": None}
+    assert model.unloads == 1
+
+
+def test_drain_timeout_refuses_names_the_calls_and_leaves_the_step_failed_and_intact() -> None:
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 0.1
+    call = Running(model.generate, name="worker-7").started()
+    before = time.time()
+    with pytest.raises(StepInUseError) as caught:
+        lc.unload()
+    error = caught.value
+    # a thread's call is counted, not recorded (that keeps guarded calls free)
+    assert error.calls == (RunningCall(None, None, error.calls[0].since),)
+    assert before <= error.calls[0].since <= time.time()
+    assert error.waited is not None
+    assert error.waited >= 0.1
+    assert error.holders == ()
+    assert error.operation == "unload"
+    assert "1 guarded call of it was still running" in str(error)
+    assert "(1 on other thread)" in str(error)
+    assert "did not run" in str(error)
+    assert (lc.state, lc.error, model.unloads) == (State.FAILED, error, 0)
+    assert model.weights is not None  # what it holds is intact
+    clone = pickle.loads(pickle.dumps(error))
+    assert (type(clone), clone.calls, str(clone)) == (StepInUseError, error.calls, str(error))
+    assert call.finish() == 3
+    lc.unload()  # the calls returned: the clean-up runs the unload code
+    assert (lc.state, model.unloads) == (State.UNLOADED, 1)
+
+
+def test_force_does_not_wait() -> None:
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    call = Running(model.generate).started()
+    lc.unload(force=True)
+    assert (lc.state, model.unloads) == (State.UNLOADED, 1)
+    with pytest.raises(AssertionError, match="unloaded under a running call"):
+        call.finish()  # what force means: the call loses its resource
+
+
+def test_a_call_on_the_unloading_thread_does_not_wait_for_itself() -> None:
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 0.0  # any wait at all would raise StepInUseError
+    assert model.shutdown() == "done"
+    assert (lc.state, model.unloads) == (State.UNLOADED, 1)
+
+
+def test_a_suspended_generator_does_not_hold_up_the_unload_a_running_one_does() -> None:
+    model = Model()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 0.0
+    model.load()
+    entered, go = threading.Event(), threading.Event()
+    suspended = model.stream(entered, go)
+    assert next(suspended) == 1
+    lc.unload()  # no StepInUseError: a suspended generator runs nothing
+    assert model.unloads == 1
+    suspended.close()
+
+    model.load()
+    lc.drain_timeout = None
+    gen = model.stream(entered, go)
+    assert next(gen) == 1
+    resumed, box = background(lambda: next(gen))  # runs until go is set
+    assert entered.wait(WAIT)
+    unloader, unloaded = background(lc.unload)
+    until(lambda: draining(lc), "the unload began")
+    time.sleep(0.05)
+    assert model.unloads == 1  # the second unload waits for the running generator
+    go.set()
+    resumed.join(WAIT)
+    unloader.join(WAIT)
+    assert box == {"result": 3}
+    assert unloaded == {"result": None}
+    assert model.unloads == 2
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(lambda lc: lc.reload(), id="reload"),
+        pytest.param(lambda lc: stepfsm.unload_all(), id="unload_all"),
+        pytest.param(lambda lc: lc.unload(), id="unload"),
+    ],
+)
+def test_every_unload_drains(operation: Callable[[stepfsm.Lifecycle], object]) -> None:
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    call = Running(model.generate).started()
+    worker, box = background(lambda: operation(lc))
+    until(lambda: draining(lc), "the unload began")
+    time.sleep(0.05)
+    assert model.unloads == 0
+    assert call.finish() == 3
+    worker.join(WAIT)
+    assert "error" not in box
+    assert model.unloads == 1
+
+
+def test_unload_all_evicts_holders_but_still_drains() -> None:
+    model = Model()
+    lc = stepfsm.lifecycle(model)
+    lc.acquire("a holder")
+    call = Running(model.generate).started()
+    worker, box = background(stepfsm.unload_all)
+    until(lambda: draining(lc), "unload_all began")
+    assert model.unloads == 0
+    call.finish()
+    worker.join(WAIT)
+    assert list(box["result"]) == [lc.name]
+    assert lc.holders == ()
+
+
+def test_reload_force_and_the_last_release_follow_the_same_rules() -> None:
+    model = Model()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 0.05
+    model.load()
+    call = Running(model.generate).started()
+    lc.reload(force=True)  # force: no wait (the call now sees the new weights)
+    assert model.unloads == 1
+    assert lc.state is State.LOADED
+    assert call.finish() == 3
+    lc.unload()
+
+    lc.acquire("holder")  # it loads; the last release unloads, and drains first
+    call = Running(model.generate).started()
+    with pytest.raises(StepInUseError):
+        lc.release("holder")
+    assert (lc.state, model.unloads) == (State.FAILED, 2)
+    assert call.finish() == 3
+    lc.unload()
+    assert (lc.state, model.unloads) == (State.UNLOADED, 3)
+
+
+def test_drain_timeout_is_a_setting_at_every_level() -> None:
+    model = Model()
+    lc = stepfsm.lifecycle(model)
+    assert lc.drain_timeout is None  # nothing set: the timeout in force (None: forever)
+    lc.timeout = 2.0
+    assert lc.drain_timeout == 2.0
+    with stepfsm.configure(drain_timeout=0.5):
+        assert lc.drain_timeout == 0.5
+        lc.drain_timeout = 0.25
+        assert lc.drain_timeout == 0.25
+    lc.drain_timeout = None
+    assert lc.drain_timeout == 2.0
+
+    @stepfsm.stateful(drain_timeout=1.5)
+    class Slow:
+        def load(self) -> None: ...
+        def unload(self) -> None: ...
+
+    class Child(stepfsm.Stateful, drain_timeout=3):
+        def load(self) -> None: ...
+        def unload(self) -> None: ...
+
+    assert stepfsm.lifecycle(Slow()).drain_timeout == 1.5
+    assert stepfsm.lifecycle(Child()).drain_timeout == 3.0
+    with pytest.raises(ValueError, match="drain_timeout must be >= 0"):
+        stepfsm.configure(drain_timeout=-1)
+    with pytest.raises(TypeError, match="drain_timeout must be a number"):
+        lc.drain_timeout = "soon"  # type: ignore[assignment]
+    with pytest.raises(stepfsm.DefinitionError, match="drain_timeout"):
+
+        @stepfsm.stateful(drain_timeout=-2)
+        class Bad:
+            def load(self) -> None: ...
+            def unload(self) -> None: ...
+
+
+@stepfsm.stateful(guard=("generate",))
+class Slotted:
+    """No ``__dict__``: its guard is the wrapper reading the table of loaded steps."""
+
+    __slots__ = ("__weakref__", "weights")
+
+    def __init__(self) -> None:
+        self.weights: Weights | None = None
+
+    def load(self) -> None:
+        self.weights = Weights()
+
+    def unload(self) -> None:
+        self.weights = None
+
+    def generate(self, entered: threading.Event, go: threading.Event) -> int:
+        entered.set()
+        assert go.wait(WAIT)
+        assert self.weights is not None, "unloaded under a running call"
+        return self.weights.size
+
+
+def test_the_wrapper_guard_of_a_slotted_class_drains_too() -> None:
+    step = Slotted()
+    step.load()
+    lc = stepfsm.lifecycle(step)
+    call = Running(step.generate).started()
+    unloader, box = background(lc.unload)
+    until(lambda: draining(lc), "the unload began")
+    time.sleep(0.05)
+    assert step.weights is not None
+    assert call.finish() == 3
+    unloader.join(WAIT)
+    assert box == {"result": None}
+    assert step.weights is None
+
+
+# ------------------------------------------------------------------ async
+
+
+def test_aunload_waits_for_a_running_async_call_and_a_later_call_is_refused() -> None:
+    model = Model()
+
+    async def main() -> None:
+        model.load()
+        entered, go = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(model.agenerate(entered, go), name="agen")
+        await entered.wait()
+        unload = asyncio.create_task(stepfsm.aunload(model))
+        lc = stepfsm.lifecycle(model)
+        while not draining(lc):
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert model.unloads == 0
+        late = asyncio.create_task(model.apeek())
+        await asyncio.sleep(0.01)
+        go.set()
+        assert await task == 3
+        await unload
+        with pytest.raises(NotLoadedError):
+            await late
+        assert model.unloads == 1
+        assert lc._acalls == []
+
+    asyncio.run(main())
+
+
+def test_async_drain_timeout_names_the_task() -> None:
+    model = Model()
+
+    async def main() -> None:
+        model.load()
+        lc = stepfsm.lifecycle(model)
+        lc.drain_timeout = 0.05
+        entered, go = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(model.agenerate(entered, go), name="agen-1")
+        await entered.wait()
+        with pytest.raises(StepInUseError) as caught:
+            await stepfsm.aunload(model)
+        assert [(c.method, c.where) for c in caught.value.calls] == [("agenerate", "task 'agen-1'")]
+        assert lc.state is State.FAILED
+        assert model.weights is not None
+        go.set()
+        assert await task == 3
+
+    asyncio.run(main())
+
+
+def test_an_async_calls_nested_call_passes_and_its_own_unload_does_not_wait() -> None:
+    model = Model()
+
+    async def main() -> None:
+        model.load()
+        lc = stepfsm.lifecycle(model)
+        entered, go = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(model.agenerate(entered, go, True))
+        await entered.wait()
+        unload = asyncio.create_task(stepfsm.aunload(model))
+        while not draining(lc):
+            await asyncio.sleep(0.001)
+        go.set()
+        assert await task == 3  # its apeek() passed while the unload waited
+        await unload
+
+        model.load()
+        lc.drain_timeout = 0.0  # any wait at all would raise StepInUseError
+        assert await model.ashutdown() == "done"
+        assert lc.state is State.UNLOADED
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ the count itself
+
+
+def test_no_call_is_counted_when_none_runs_and_each_running_one_is() -> None:
+    """The token's reference count is exact: 0 with no call, n with n calls held open."""
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 0.0
+    calls = [Running(model.generate).started() for _ in range(3)]
+    with pytest.raises(StepInUseError) as caught:
+        lc.unload()
+    assert len(caught.value.calls) == 3
+    assert "(3 on other threads)" in str(caught.value)
+    for call in calls:
+        assert call.finish() == 3
+    lc.unload()  # the clean-up: nothing runs now, so no wait at all (drain_timeout 0)
+    model.load()
+    assert in_thread(lc.unload) is None
+    assert model.unloads == 2
+
+
+def test_a_call_that_raised_holds_nothing_though_its_traceback_is_kept() -> None:
+    """IPython keeps the last error's traceback (sys.last_traceback), and with it the
+    frame of the failed call: that frame no longer holds the token."""
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 0.0
+    with pytest.raises(RuntimeError) as caught:
+        model.fail()
+    kept = caught.value.__traceback__
+    lc.unload()  # no StepInUseError
+    assert model.unloads == 1
+    assert kept is not None
+
+
+def test_a_finished_frame_that_still_holds_the_token_does_not_hold_up_the_unload() -> None:
+    """An interrupt between a guard's last statements can leave a finished frame holding
+    the token, kept by a traceback: the drain tells it from a running call (about 1 s)."""
+    model = Model()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 30.0
+
+    def ended_holding(token: object) -> None:
+        _stepfsm_t = token  # what an interrupted guard leaves in its frame
+        raise RuntimeError("interrupted")
+
+    try:
+        ended_holding(vars(model)["__stepfsm_loaded__"])
+    except RuntimeError as error:
+        kept = error.__traceback__  # the finished frame, alive
+    started = time.monotonic()
+    lc.unload()
+    assert lc.state is State.UNLOADED
+    assert time.monotonic() - started < 10
+    assert kept is not None
