@@ -118,21 +118,23 @@ def holds(token: object) -> int:
     return count
 
 
-def stale(token: object) -> int:
-    """How many references to ``token`` finished frames and suspended generators hold.
+def stale(token: object, owner: object) -> int:
+    """How many references to ``token`` are held by something other than a running call.
 
-    An interrupt that lands between a guard's last statements can leave the
-    frame of a call that ended holding the token, and a traceback can keep
-    that frame. A running frame does not show its variables to the garbage
-    collector; a finished one does. Scans the heap: called only while calls
-    seem to run.
+    The running calls' frames do not show their variables to the garbage
+    collector; everything that does is not a running call: a finished frame
+    still holding it (an interrupt landed between a guard's last bytecodes,
+    and a traceback keeps the frame), a suspended generator, a dict copied
+    from the step's ``__dict__`` or made by ``locals()``. Only ``owner``
+    (the lifecycle) and a generator running now hold it for real. Scans the
+    heap: called only while calls seem to run.
     """
-    return sum(
-        sum(1 for value in gc.get_referents(holder) if value is token)  # one per variable
-        for holder in gc.get_referrers(token)
-        if isinstance(holder, FrameType)
-        or (isinstance(holder, GeneratorType) and not holder.gi_running)
-    )
+    count = 0
+    for holder in gc.get_referrers(token):
+        if holder is owner or (isinstance(holder, GeneratorType) and holder.gi_running):
+            continue
+        count += sum(1 for value in gc.get_referents(holder) if value is token)
+    return count
 
 
 def wait(

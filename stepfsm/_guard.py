@@ -102,19 +102,23 @@ def {name}({params}):
         _stepfsm_t = {read}
         if {check}:
             _stepfsm_t = _stepfsm_slow({self}, {operation!r})
-        _stepfsm_g = _stepfsm_delegate({self}, _stepfsm_fn({call}), _stepfsm_t)
+        _stepfsm_g = _stepfsm_delegate({self}, {operation!r}, _stepfsm_fn({call}), _stepfsm_t)
     finally:
         _stepfsm_t = None
     return (yield from _stepfsm_g)
 """
 
 
-def _delegate(obj: object, it: Generator[Any, Any, Any], first: object) -> Generator[Any, Any, Any]:
+def _delegate(
+    obj: object, operation: str, it: Generator[Any, Any, Any], first: object
+) -> Generator[Any, Any, Any]:
     """``yield from it``, holding ``obj``'s token only while ``it`` runs a step.
 
-    ``first`` is the token the guard's check took, held for the first step.
-    Values sent, exceptions thrown and ``close()`` reach ``it`` as with
-    ``yield from``.
+    ``first`` is the token the guard's check took, held for the first step;
+    each later step checks again, as a call would (it waits out an unload
+    that began meanwhile, then raises ``NotLoadedError``). Values sent,
+    exceptions thrown and ``close()`` reach ``it`` as with ``yield from``
+    (``close()`` holds the token if there is one, and never waits).
     """
     _stepfsm_t = first
     first = None
@@ -122,6 +126,8 @@ def _delegate(obj: object, it: Generator[Any, Any, Any], first: object) -> Gener
     error: BaseException | None = None
     while True:
         try:
+            if _stepfsm_t is None:
+                _stepfsm_t = registry.token_of(obj) or machine.require_loaded(obj, operation)
             item = it.send(value) if error is None else it.throw(error)
         except StopIteration as stop:
             return stop.value
@@ -130,11 +136,14 @@ def _delegate(obj: object, it: Generator[Any, Any, Any], first: object) -> Gener
         try:
             value = yield item
         except GeneratorExit:
-            it.close()
+            _stepfsm_t = registry.token_of(obj)
+            try:
+                it.close()
+            finally:
+                _stepfsm_t = None
             raise
         except BaseException as thrown:  # passed into the generator, as `yield from` does
             error, value = thrown, None
-        _stepfsm_t = registry.token_of(obj)
 
 
 _drain.register(_delegate.__code__)

@@ -342,9 +342,16 @@ class TransitionInProgressError(StepStateError):
         *,
         listener: bool = False,
         on_loop: bool = False,
+        draining: bool = False,
     ) -> None:
         self.timeout = timeout
-        if timeout is None and on_loop:
+        if timeout is None and draining:
+            message = (
+                f"{step} cannot {operation}() now: another thread's unload is waiting for "
+                "the guarded call this thread is running to return, and waiting here for "
+                "that unload would never end. Let the call return first."
+            )
+        elif timeout is None and on_loop:
             message = (
                 f"{step} cannot {operation}() while it is '{state.value}': its async "
                 "transition runs on this thread's event loop, which a synchronous wait here "

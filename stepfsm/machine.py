@@ -327,7 +327,7 @@ class Lifecycle:
         self._released: tuple[int, _rel.Watch] | None = None
         self._last_release: _rel.ReleaseReport | None = None
         self._cuda: int | None = None  # CUDA bytes allocated when the last load began
-        #: the async guarded calls running now (a sync call is found on its stack: _drain)
+        #: the async guarded calls running now (a sync call holds the token instead: _drain)
         self._acalls: list[_drain.Call] | None = None
         self._draining = False  # an unload waits for running guarded calls
         #: what the guarded calls of the current (or last) load hold while they run
@@ -1072,6 +1072,10 @@ class Lifecycle:
                     )
                 elif self._in_task() is not None:  # this task runs the holder's user code
                     raise TransitionInProgressError(self.name, self._state, operation, None)
+                elif self._draining and _drain.holds(self._token):  # the unload waits for us
+                    raise TransitionInProgressError(
+                        self.name, self._state, operation, None, draining=True
+                    )
                 else:
                     timeout = self.timeout
                     if deadline is None and timeout is not None and timeout != _INF:
@@ -1251,10 +1255,14 @@ class Lifecycle:
         owner = self.owner_ref()
         self._ret = None
         watched = self._watch()  # checked once the claim is let go (_check_release)
-        self._fire("begin_unload")
-        if self._outbox:
-            self._deliver()
-        refused = self._drain_calls(operation) if drain else None
+        self._draining = drain  # before the flag goes: a running call's nested call passes
+        try:
+            self._fire("begin_unload")
+            if self._outbox:
+                self._deliver()
+            refused = self._drain_calls(operation) if drain else None
+        finally:
+            self._draining = False
         if refused is not None:
             self._fail(refused)
             raise refused
@@ -1292,10 +1300,14 @@ class Lifecycle:
         owner = self.owner_ref()
         self._ret = None
         watched = self._watch() if operation == "unload" else None
-        self._fire("begin_unload")
-        if self._outbox:
-            self._deliver()
-        error: BaseException | None = self._drain_calls(operation) if drain else None
+        self._draining = drain  # a running call's nested call passes (see _unload_now)
+        try:
+            self._fire("begin_unload")
+            if self._outbox:
+                self._deliver()
+            error: BaseException | None = self._drain_calls(operation) if drain else None
+        finally:
+            self._draining = False
         if error is None:
             error = self._call_user(claim, owner, "unload", fn, args, kwargs)
         if _CLAIMS.get(self) is not claim:
@@ -1613,6 +1625,30 @@ class Lifecycle:
             self._evicted[id(hold.key)] = self._evicted.get(id(hold.key), 0) + 1
         self._holds.clear()
 
+    def _restore_flag(self, operation: str) -> None:
+        """Set the loaded flag again on a ``loaded`` step without it (a replaced ``__dict__``)."""
+        claim = self._claim(operation)  # a loader sets it before it lets go of the claim
+        try:
+            owner = self.owner_ref()
+            if self._state is _LOADED and owner is not None and registry.token_of(owner) is None:
+                registry.mark_loaded(self, owner, self._config)
+        finally:
+            self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
+
+    def _passes(self, operation: str) -> bool:
+        """Whether a guarded call may run now although the step is in a transition.
+
+        Inside the step's own load/unload (this thread, or this task), or nested
+        in a running call of the step while an unload waits for that call.
+        """
+        held = _CLAIMS.get(self)
+        if held is not None and held[1] == _get_ident() and self._user is held:
+            return True
+        if held is not None and self._in_task() is not None:
+            return True
+        return self._draining and _drain.holds(self._token) > 0
+
     def _in_use(self, operation: str) -> StepInUseError:
         return StepInUseError(self.name, self._state, operation, self.holders)
 
@@ -1639,7 +1675,7 @@ class Lifecycle:
                 if count > 0:
                     count -= _drain.holds(token)  # this thread's own calls
                 if count > 0 and (count <= stale or _monotonic() - counted > 1.0):
-                    stale, counted = _drain.stale(token), _monotonic()  # fresh before "none"
+                    stale, counted = _drain.stale(token, self), _monotonic()  # fresh before "none"
                 if count > 0:
                     count -= stale
                 found += [_drain.RunningCall(None, None, began)] * max(count, 0)
@@ -1650,11 +1686,7 @@ class Lifecycle:
 
         if not find(0.0):
             return None
-        self._draining = True
-        try:
-            still, waited = _drain.wait(find, self.drain_timeout)
-        finally:
-            self._draining = False
+        still, waited = _drain.wait(find, self.drain_timeout)
         if not still:
             return None
         return StepInUseError(self.name, self._state, operation, self.holders, still, waited)
@@ -1774,19 +1806,26 @@ def require_loaded(obj: object, operation: str) -> registry.Token | None:
     """The slow path of a guard: ``obj``'s loaded flag was not set (``wrap`` uses it).
 
     Returns the token the call then holds (``_drain``): the load's, once the
-    step is loaded; ``None`` when the call may run without it (inside the
+    step is loaded; ``None`` when the call may run without it: inside the
     step's own transition, nested in a running call while an unload waits for
-    that call, or a step that is not loaded under ``on_unloaded_use``).
+    that call, or on a step that is not loaded when ``on_unloaded_use`` lets
+    it. Another thread's transition that begins meanwhile is waited for again.
     """
     lc = lifecycle(obj)
     while True:
-        lc.require_loaded(operation)
-        if lc._state is not _LOADED:
-            return None
+        lc.require_loaded(operation)  # raises, waits, or returns: why, is read below
         token = registry.token_of(obj)
         if token is not None:
             return token
-        time.sleep(0)  # loaded, and its flag is being set by the loading thread now
+        state = lc._state
+        if state is _LOADED:  # its flag is missing: the loader sets it under the claim
+            lc._restore_flag(operation)
+        elif state is _UNLOADED or state is _FAILED:
+            if lc.on_unloaded_use != "raise":
+                return None  # the policy lets the call run on a step that is not loaded
+        elif lc._passes(operation):
+            return None
+        # else another thread's transition began after the wait: wait for it
 
 
 async def acall_load(

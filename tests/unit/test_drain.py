@@ -8,7 +8,9 @@ run while the call runs, and the call never sees its resource taken away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -524,3 +526,148 @@ def test_a_finished_frame_that_still_holds_the_token_does_not_hold_up_the_unload
     assert lc.state is State.UNLOADED
     assert time.monotonic() - started < 10
     assert kept is not None
+
+
+# ------------------------------------------------------------------ found in review
+
+
+@stepfsm.stateful(guard=("work", "peek", "nested", "unload_inside"))
+class Busy:
+    """Counts its guarded calls in flight; its unload records when it overlapped one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = 0
+        self.overlaps = 0
+        self.weights: Weights | None = None
+
+    def load(self) -> None:
+        time.sleep(0.002)
+        self.weights = Weights()
+
+    def unload(self) -> None:
+        if self.busy:
+            self.overlaps += 1
+        self.weights = None
+
+    def work(self) -> None:
+        with self.lock:
+            self.busy += 1
+        time.sleep(0.0005)
+        with self.lock:
+            self.busy -= 1
+
+    def peek(self) -> Weights | None:
+        return self.weights
+
+    def nested(self, started: threading.Event, pause: float) -> bool:
+        started.set()
+        time.sleep(pause)  # the unload begins meanwhile
+        return self.peek() is not None
+
+    def unload_inside(self, barrier: threading.Barrier) -> None:
+        barrier.wait(WAIT)
+        stepfsm.lifecycle(self).unload()
+
+
+def test_a_call_whose_slow_path_wait_ends_just_before_an_unload_still_waits_for_it() -> None:
+    """The slow path returned because the step was loaded; an unload began before the
+    call took the token: the call must wait again, not run without it (12 threads
+    hammering a load/unload loop with a tiny switch interval; 0 overlaps allowed)."""
+    model = Busy()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(stepfsm.StepStateError):
+                model.work()
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(12)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 3
+        cycles = 0
+        while time.monotonic() < deadline:
+            model.load()
+            model.unload()
+            cycles += 1
+    finally:
+        stop.set()
+        sys.setswitchinterval(previous)
+        for thread in threads:
+            thread.join(WAIT)
+    assert cycles > 10
+    assert model.overlaps == 0
+
+
+def test_a_nested_call_made_while_the_unload_tells_its_listeners_passes() -> None:
+    """The flag goes before the listeners of begin_unload run: a running call's nested
+    call made then must pass too (it waited for an unload that waited for it)."""
+    model = Busy()
+    model.load()
+    lc = stepfsm.lifecycle(model)
+    lc.drain_timeout = 5.0
+    lc.subscribe(lambda lc, record: time.sleep(0.3) if record.trigger == "begin_unload" else None)
+    started = threading.Event()
+    worker, box = background(lambda: model.nested(started, 0.1))
+    assert started.wait(WAIT)
+    began = time.monotonic()
+    lc.unload()
+    worker.join(WAIT)
+    assert box == {"result": True}
+    assert time.monotonic() - began < 2.0
+
+
+def test_two_running_calls_that_unload_their_own_step_do_not_deadlock() -> None:
+    model = Busy()
+    model.load()
+    barrier = threading.Barrier(2)
+    results = [background(lambda: model.unload_inside(barrier)) for _ in range(2)]
+    for thread, _ in results:
+        thread.join(WAIT)
+        assert not thread.is_alive(), "deadlocked"
+    errors = [box.get("error") for _, box in results]
+    assert sum(error is None for error in errors) == 1  # one unloads, after the other returns
+    refused = next(error for error in errors if error is not None)
+    assert isinstance(refused, stepfsm.TransitionInProgressError)
+    assert "waiting for the guarded call this thread is running" in str(refused)
+    assert stepfsm.lifecycle(model).state is State.UNLOADED
+
+
+def test_a_copy_of_the_instance_dict_does_not_count_as_a_running_call() -> None:
+    model = Model()
+    model.load()
+    saved = dict(vars(model))  # holds the token, but runs nothing
+    lc = stepfsm.lifecycle(model)
+    lc.on_leak = "ignore"  # (the copy keeps the weights alive too)
+    lc.drain_timeout = 10.0
+    began = time.monotonic()
+    lc.unload()
+    assert lc.state is State.UNLOADED
+    assert time.monotonic() - began < 5.0
+    assert saved
+
+
+def test_a_loaded_step_whose_dict_was_replaced_gets_its_flag_back() -> None:
+    model = Model()
+    model.load()
+    state = dict(vars(model))
+    del state["__stepfsm_loaded__"]
+    model.__dict__ = state  # the flag is gone, the step is still loaded
+    assert in_thread(model.peek, timeout=5) is not None  # no endless wait for the flag
+    assert "__stepfsm_loaded__" in vars(model)
+
+
+def test_a_generator_resumed_after_an_unload_began_waits_for_it_then_is_refused() -> None:
+    model = Model()
+    model.load()
+    entered, go = threading.Event(), threading.Event()
+    go.set()
+    gen = model.stream(entered, go)
+    assert next(gen) == 1  # suspended: the unload does not wait for it
+    model.unload()
+    with pytest.raises(NotLoadedError):
+        next(gen)  # its next step checks again, as a new call would
