@@ -102,6 +102,8 @@ def holds(token: object) -> int:
     keeps (CPython before 3.13): its entry is set to ``None``, or it would be
     one more reference to the token.
     """
+    if token is None:  # no load's token: a frame whose variable is None holds nothing
+        return 0
     count = 0
     frame: FrameType | None = _getframe(1)
     codes = _CODES

@@ -671,3 +671,41 @@ def test_a_generator_resumed_after_an_unload_began_waits_for_it_then_is_refused(
     model.unload()
     with pytest.raises(NotLoadedError):
         next(gen)  # its next step checks again, as a new call would
+
+
+@stepfsm.stateful(guard=("generate",))
+class SlottedNeverLoaded:
+    """Slotted, and its load always fails."""
+
+    __slots__ = ("__weakref__",)
+
+    def load(self) -> None:
+        raise RuntimeError("no server")
+
+    def unload(self) -> None:
+        pass
+
+    def generate(self, entered: threading.Event) -> None:
+        entered.set()
+
+
+def test_a_call_during_the_clean_up_of_a_step_that_never_loaded_is_refused() -> None:
+    """With no load's token, the pass-through for nested calls of running calls (in force
+    from begin_unload on) must not let a slotted class's call, whose guard variable is
+    None, through while the clean-up's listeners run."""
+    step = SlottedNeverLoaded()
+    lc = stepfsm.lifecycle(step)
+    with pytest.raises(stepfsm.LoadError):
+        lc.load()
+    gate = threading.Event()
+    lc.subscribe(lambda lc, record: gate.wait(WAIT) if record.trigger == "begin_unload" else None)
+    cleaner, _ = background(lc.unload)
+    until(lambda: draining(lc), "the clean-up began")
+    entered = threading.Event()
+    caller, called = background(lambda: step.generate(entered))
+    time.sleep(0.05)
+    gate.set()
+    cleaner.join(WAIT)
+    caller.join(WAIT)
+    assert not entered.is_set(), "a call ran during the clean-up"
+    assert isinstance(called["error"], NotLoadedError)
