@@ -1255,14 +1255,7 @@ class Lifecycle:
         owner = self.owner_ref()
         self._ret = None
         watched = self._watch()  # checked once the claim is let go (_check_release)
-        self._draining = drain  # before the flag goes: a running call's nested call passes
-        try:
-            self._fire("begin_unload")
-            if self._outbox:
-                self._deliver()
-            refused = self._drain_calls(operation) if drain else None
-        finally:
-            self._draining = False
+        refused = self._begin_unload(operation, drain)
         if refused is not None:
             self._fail(refused)
             raise refused
@@ -1279,6 +1272,22 @@ class Lifecycle:
         if not isinstance(error, Exception) or raise_original(self._cfg):
             raise error
         raise UnloadError(self.name, operation, error) from error
+
+    def _begin_unload(self, operation: str, drain: bool) -> StepInUseError | None:
+        """With the claim held: fire ``begin_unload``, then (``drain``) wait for running calls.
+
+        Returns the ``StepInUseError`` of a drain that expired (the unload code
+        must not run). A running call's nested call passes from before the flag
+        goes (its listeners may take a while) until the wait ends.
+        """
+        self._draining = drain
+        try:
+            self._fire("begin_unload")
+            if self._outbox:
+                self._deliver()
+            return self._drain_calls(operation) if drain else None
+        finally:
+            self._draining = False
 
     def _cleanup(
         self,
@@ -1300,14 +1309,7 @@ class Lifecycle:
         owner = self.owner_ref()
         self._ret = None
         watched = self._watch() if operation == "unload" else None
-        self._draining = drain  # a running call's nested call passes (see _unload_now)
-        try:
-            self._fire("begin_unload")
-            if self._outbox:
-                self._deliver()
-            error: BaseException | None = self._drain_calls(operation) if drain else None
-        finally:
-            self._draining = False
+        error: BaseException | None = self._begin_unload(operation, drain)
         if error is None:
             error = self._call_user(claim, owner, "unload", fn, args, kwargs)
         if _CLAIMS.get(self) is not claim:
@@ -1409,9 +1411,10 @@ class Lifecycle:
     def _report(self, watched: _rel.Watch) -> None:
         report = _rel.check(self.name, watched, self.owner_ref())
         self._last_release = report
-        if _rel.collect(report, self.on_leak) or not report.leaked:
+        policy = self.on_leak
+        if _rel.collect(report, policy) or not report.leaked:
             return  # unload_all() reports every leak at once
-        if self.on_leak == "raise":
+        if policy == "raise":
             raise ResourceLeakError(self.name, report.leaked, report.bytes_leaked)
         emit(LeakWarning(self.name, report.leaked, report.bytes_leaked))
 
@@ -1684,8 +1687,6 @@ class Lifecycle:
                     found.append(_drain.RunningCall(call.method, _task_name(call.task), call.since))
             return found
 
-        if not find(0.0):
-            return None
         still, waited = _drain.wait(find, self.drain_timeout)
         if not still:
             return None
