@@ -33,7 +33,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
 from . import _snapshot
@@ -46,8 +46,10 @@ __all__ = [
     "check",
     "collect",
     "collecting",
+    "COLLECTOR",
     "cuda_allocated",
     "estimate",
+    "all_freed",
     "held_bytes",
     "referrer_paths",
     "Watch",
@@ -144,8 +146,10 @@ _NOTHING_INSIDE: Final = frozenset(
 
 # What the size estimate does with an object, by its type (cached per type: a type's
 # kind never changes, and a torch or numpy type cannot exist before its module).
-_SKIP, _VIEW, _TENSOR, _MODULE, _ARRAY, _DICT, _ITEMS, _OBJECT = range(8)
+_SKIP, _VIEW, _TENSOR, _MODULE, _ARRAY, _DICT, _ITEMS, _OBJECT, _PRIVATE = range(9)
 _KINDS: Final[dict[type, int]] = {}
+#: The per-type caches forget everything past this many types (classes made at run time).
+_TYPES_KEPT: Final = 4096
 
 
 def _kind(cls: type) -> int:
@@ -168,8 +172,12 @@ def _kind(cls: type) -> int:
         kind = _DICT
     elif issubclass(cls, (list, tuple, set, frozenset)):
         kind = _ITEMS
+    elif hasattr(cls, "__pydantic_private__"):  # a pydantic model: its private attributes too
+        kind = _PRIVATE
     else:
         kind = _OBJECT
+    if len(_KINDS) >= _TYPES_KEPT:
+        _KINDS.clear()
     _KINDS[cls] = kind
     return kind
 
@@ -200,24 +208,28 @@ class _Sizer:
                 continue
             seen.add(id(item))
             self.visits += 1
-            if kind == _OBJECT:
-                if level > 0:
-                    attrs = getattr(item, "__dict__", None)
-                    if type(attrs) is dict:
-                        todo += [(child, level - 1) for child in attrs.values()]
-                    private = getattr(item, "__pydantic_private__", None)
-                    if type(private) is dict:
-                        todo += [(child, level - 1) for child in private.values()]
-            elif kind == _DICT:
-                if level > 0:
-                    values = list(item.values())[:CONTAINER_ITEMS]  # type: ignore[attr-defined]
-                    todo += [(child, level - 1) for child in values]
-            elif kind == _ITEMS:
-                if level > 0:
-                    items = list(item)[:CONTAINER_ITEMS]  # type: ignore[call-overload]
-                    todo += [(child, level - 1) for child in items]
-            else:
-                total += self._leaf(item, kind)
+            try:  # an object's own code runs here (__getattr__, __iter__): it may raise
+                if kind >= _OBJECT:  # _OBJECT or _PRIVATE
+                    if level > 0:
+                        attrs = getattr(item, "__dict__", None)
+                        if type(attrs) is dict:
+                            todo += [(child, level - 1) for child in attrs.values()]
+                        if kind == _PRIVATE:
+                            private = getattr(item, "__pydantic_private__", None)
+                            if type(private) is dict:
+                                todo += [(child, level - 1) for child in private.values()]
+                elif kind == _DICT:
+                    if level > 0:
+                        values = list(item.values())[:CONTAINER_ITEMS]  # type: ignore[attr-defined]
+                        todo += [(child, level - 1) for child in values]
+                elif kind == _ITEMS:
+                    if level > 0:
+                        items = list(item)[:CONTAINER_ITEMS]  # type: ignore[call-overload]
+                        todo += [(child, level - 1) for child in items]
+                else:
+                    total += self._leaf(item, kind)
+            except Exception:
+                continue  # what it holds is not counted
         return total
 
     def _leaf(self, obj: Any, kind: int) -> int:
@@ -261,62 +273,172 @@ class _Sizer:
 
 
 class _Watched:
-    __slots__ = ("attribute", "ref", "size", "type")
+    __slots__ = ("entry", "ref")
 
-    def __init__(self, attribute: str, type: str, size: int, ref: weakref.ref[Any]) -> None:
-        self.attribute = attribute
-        self.type = type
-        self.size = size
+    def __init__(self, entry: ReleasedObject, ref: weakref.ref[Any]) -> None:
+        self.entry = entry  # how the report describes it if it is freed
         self.ref = ref
 
 
 class Watch:
     """What one unload should free: taken before the unload code runs."""
 
-    __slots__ = ("cuda_before", "cuda_unloading", "items")
+    __slots__ = ("cuda_before", "cuda_unloading", "freed", "items", "nbytes", "refs")
 
     def __init__(
         self,
         items: tuple[_Watched, ...],
-        cuda_before: int | None,
+        cuda_before: int | None = None,
         cuda_unloading: int | None = None,
     ) -> None:
         self.items = items
+        self.refs = tuple(item.ref for item in items)
+        #: the report's entries and their bytes if every item is freed (the usual case)
+        self.freed = tuple(item.entry for item in items)
+        self.nbytes = sum(entry.size for entry in self.freed)
         #: CUDA bytes allocated before the load and when the unload began (``None``: no CUDA)
         self.cuda_before = cuda_before
         self.cuda_unloading = cuda_unloading
 
 
-def watch(key: int, cuda_before: int | None = None) -> Watch | None:
-    """Weak references to what the load of the step with ``id`` ``key`` set; ``None`` if nothing.
+class Sizes:
+    """What one load set, sized and listed when the load ended (:func:`measure`).
 
-    Call it before the unload code runs (the snapshot's record still holds
-    the loaded values). ``cuda_before``: the CUDA bytes allocated before the load.
+    Attributes:
+        held: estimated bytes of everything the load set (``status()``).
+        watch: the release check's list, ready (the usual case at unload).
+        contents: each container the load set, with the ``id`` of every key
+            and value it held then: while they are the same, ``watch`` is.
+    """
+
+    __slots__ = ("contents", "held", "watch")
+
+    def __init__(
+        self, held: int, watch: Watch, contents: tuple[tuple[object, tuple[int, ...]], ...]
+    ) -> None:
+        self.held = held
+        self.watch = watch
+        self.contents = contents
+
+
+def _values(record: _snapshot.Record) -> tuple[object, ...]:
+    return (*record.after.values(), *record.after_private.values())
+
+
+def _contents(container: object) -> list[object]:
+    """The first items of a container the load set (for a dict: its keys, then its values)."""
+    if isinstance(container, dict):
+        keys = list(container)[:CONTAINER_ITEMS]
+        return [*keys, *(container[key] for key in keys)]
+    if isinstance(container, (list, tuple)):
+        return list(container[:CONTAINER_ITEMS])
+    return list(container)[:CONTAINER_ITEMS]  # type: ignore[call-overload,no-any-return]
+
+
+def _ids(container: object) -> tuple[int, ...]:
+    """The ``id`` of each of :func:`_contents`: what tells a changed container."""
+    if type(container) is list and len(container) <= CONTAINER_ITEMS:
+        return tuple(map(id, container))  # the common case, without a copy
+    try:
+        return tuple(map(id, _contents(container)))
+    except Exception:  # a subclass's own __iter__ that raised: look again at unload
+        return ()
+
+
+def _watchable(record: _snapshot.Record) -> Iterator[tuple[str, object, weakref.ref[Any]]]:
+    """``(label, value, weak reference)`` for each object a load's record says to watch:
+    the values it set, and the values directly inside a container it set."""
+    for name, value in (*record.after.items(), *record.after_private.items()):
+        ref = _ref(value)
+        if ref is not None:
+            yield name, value, ref
+            continue
+        if _watching(type(value)) != _CONTAINER:
+            continue
+        try:  # a subclass's own items() or __iter__ runs here: it may raise
+            if isinstance(value, dict):
+                pairs = [(f"{name}[{k!r}]", v) for k, v in list(value.items())[:CONTAINER_ITEMS]]
+            elif isinstance(value, (list, tuple)):
+                pairs = [(f"{name}[{i}]", v) for i, v in enumerate(value[:CONTAINER_ITEMS])]
+            else:
+                pairs = [(f"{name} (an item)", v) for v in list(value)[:CONTAINER_ITEMS]]
+        except Exception:
+            continue  # its items are not watched
+        for label, item in pairs:
+            ref = _ref(item)
+            if ref is not None:
+                yield label, item, ref
+
+
+def measure(key: int) -> None:
+    """When a load of the step with ``id`` ``key`` ends: size and list what it set (:class:`Sizes`).
+
+    Never raises: an object whose attributes cannot be read leaves the sizes
+    unknown, and the release check and ``status()`` look when asked.
     """
     record = _snapshot.record_of(key)
+    if record is None:
+        return
+    sizer = _Sizer()
+    items: list[_Watched] = []
+    try:
+        for label, value, ref in _watchable(record):
+            size = sizer.size(value, SIZE_DEPTH)
+            items.append(_Watched(ReleasedObject(label, _type_name(value), size), ref))
+        held = sum(item.entry.size for item in items)  # and the rest, each object once:
+        held += sum(sizer.size(value, SIZE_DEPTH) for value in _values(record))
+        contents = tuple(
+            (value, _ids(value))
+            for value in _values(record)
+            if isinstance(value, _MUTABLE) and _watching(type(value)) == _CONTAINER
+        )
+    except Exception:  # a property or __getattr__ of the user's that raised
+        return
+    record.sizes = Sizes(held, Watch(tuple(items)), contents)
+
+
+def watch(record: _snapshot.Record | None, cuda_before: int | None = None) -> Watch | None:
+    """Weak references to what a step's load set (its ``_snapshot`` record); ``None`` if nothing.
+
+    Call it before the unload code runs (the record still holds the loaded
+    values). ``cuda_before``: the CUDA bytes allocated before the load. The
+    list :func:`measure` made serves unless a container the load set has
+    changed since; then it is made again (sizing only what is new).
+    """
     cuda = cuda_allocated() if cuda_before is not None else None
     if record is None:
         return None if cuda is None else Watch((), cuda_before, cuda)
-    items: list[_Watched] = []
-    sizer = _Sizer()
-    for name, value in (*record.after.items(), *record.after_private.items()):
-        if _watch_one(items, sizer, name, value):
-            continue
-        if isinstance(value, dict):
-            pairs: Iterable[tuple[str, object]] = (
-                (f"{name}[{k!r}]", v) for k, v in list(value.items())[:CONTAINER_ITEMS]
-            )
-        elif isinstance(value, (list, tuple)):
-            pairs = ((f"{name}[{i}]", v) for i, v in enumerate(value[:CONTAINER_ITEMS]))
-        elif isinstance(value, (set, frozenset)):
-            pairs = ((f"{name} (an item)", v) for v in list(value)[:CONTAINER_ITEMS])
-        else:
-            continue
-        for label, item in pairs:
-            _watch_one(items, sizer, label, item)
+    sizes: Sizes | None = record.sizes
+    if sizes is None:
+        items = _watch_again(record, ())
+    else:
+        for container, ids in sizes.contents:
+            if _ids(container) != ids:
+                items = _watch_again(record, sizes.watch.items)
+                break
+        else:  # the load's containers hold what they held when it ended (the usual case)
+            if cuda is None:
+                return sizes.watch if sizes.watch.items else None
+            items = sizes.watch.items
     if not items and cuda is None:
         return None
-    return Watch(tuple(items), cuda_before if cuda is not None else None, cuda)
+    return Watch(items, cuda_before if cuda is not None else None, cuda)
+
+
+def _watch_again(record: _snapshot.Record, before: tuple[_Watched, ...]) -> tuple[_Watched, ...]:
+    """The list made anew: a container the load set changed since :func:`measure` ran."""
+    # the sizes measured, by weak reference: CPython hands out one per live object
+    sized = {id(item.ref): item.entry.size for item in before}
+    sizer: _Sizer | None = None
+    items: list[_Watched] = []
+    for label, value, ref in _watchable(record):
+        size = sized.get(id(ref))
+        if size is None:
+            if sizer is None:
+                sizer = _Sizer()
+            size = sizer.size(value, SIZE_DEPTH)
+        items.append(_Watched(ReleasedObject(label, _type_name(value), size), ref))
+    return tuple(items)
 
 
 #: Values a load may set that are shared by design: never reported as leaked.
@@ -328,24 +450,43 @@ _SHARED: Final = (
     logging.Logger,
     logging.LoggerAdapter,
 )
-#: Types whose instances cannot be weakly referenced (tried first: an exception costs more).
-_NOT_WEAK: Final = frozenset(
-    {bool, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset}
-)
+#: The containers whose items are watched one by one.
+_CONTAINERS: Final = (dict, list, tuple, set, frozenset)
+#: Those that can change after the load (a tuple or frozenset cannot).
+_MUTABLE: Final = (dict, list, set)
 
 
-def _watch_one(items: list[_Watched], sizer: _Sizer, label: str, value: object) -> bool:
-    """Watch ``value`` if it can be weakly referenced; whether it could."""
-    if value is None or isinstance(value, _SHARED):
-        return True  # shared by design (a class, module, function, logger): not this step's
-    if type(value) in _NOT_WEAK:
-        return False
+# How the release check treats a value, by its type (cached).
+_IGNORED, _WATCHED, _CONTAINER = range(3)
+_WATCHING: Final[dict[type, int]] = {}
+
+
+def _watching(cls: type) -> int:
+    how = _WATCHING.get(cls)
+    if how is not None:
+        return how
+    if cls is type(None) or issubclass(cls, _SHARED):
+        how = _IGNORED  # shared by design (a class, module, function, logger): not this step's
+    elif cls.__weakrefoffset__:
+        how = _WATCHED  # its instances can be weakly referenced
+    elif issubclass(cls, _CONTAINERS):
+        how = _CONTAINER
+    else:
+        how = _IGNORED  # an int, a str, an object with __slots__ and no __weakref__
+    if len(_WATCHING) >= _TYPES_KEPT:
+        _WATCHING.clear()
+    _WATCHING[cls] = how
+    return how
+
+
+def _ref(value: object) -> weakref.ref[Any] | None:
+    """A weak reference to ``value`` if it is watched (and can have one)."""
+    if _watching(type(value)) != _WATCHED:
+        return None
     try:
-        ref = weakref.ref(value)
-    except TypeError:
-        return False
-    items.append(_Watched(label, _type_name(value), sizer.size(value, SIZE_DEPTH), ref))
-    return True
+        return weakref.ref(value)
+    except TypeError:  # a type whose instances refuse after all
+        return None
 
 
 def _type_name(value: object) -> str:
@@ -357,25 +498,40 @@ def _type_name(value: object) -> str:
 # ------------------------------------------------------------------- check
 
 
+def all_freed(step: str, watched: Watch) -> ReleaseReport | None:
+    """The report of an unload that freed everything it should; ``None`` if not (:func:`check`).
+
+    The usual case, cheap enough to run as soon as the unload returned.
+    """
+    started = time.perf_counter()
+    if watched.cuda_before is not None:
+        return None
+    for ref in watched.refs:
+        if ref() is not None:
+            return None
+    duration = time.perf_counter() - started  # the fields in order, without __new__:
+    fields = (step, watched.freed, (), watched.nbytes, 0, duration, True, None, None)
+    return tuple.__new__(ReleaseReport, fields)
+
+
 def check(step: str, watched: Watch, owner: object) -> ReleaseReport:
     """After a successful unload: which watched objects were freed, and who holds the rest."""
+    report = all_freed(step, watched)
+    if report is not None:
+        return report
     started = time.perf_counter()
     alive = [item for item in watched.items if item.ref() is not None]
     if alive:
         gc.collect()
         alive = [item for item in alive if item.ref() is not None]
     still = {id(item) for item in alive}
-    freed = tuple(
-        ReleasedObject(item.attribute, item.type, item.size)
-        for item in watched.items
-        if id(item) not in still
-    )
+    freed = tuple(item.entry for item in watched.items if id(item) not in still)
     leaked: list[ReleasedObject] = []
     if alive:
         targets = [item.ref() for item in alive]  # None: died since (another thread let go)
         paths = referrer_paths(targets, named={id(owner): _OWNER}, step=step)
         leaked = [
-            ReleasedObject(item.attribute, item.type, item.size, found)
+            item.entry._replace(referrers=found)
             for item, target, found in zip(alive, targets, paths, strict=True)
             if target is not None
         ]
@@ -414,7 +570,8 @@ class _Collector(threading.local):
         self.entry: tuple[types.FrameType, list[tuple[ReleaseReport, str]]] | None = None
 
 
-_COLLECTOR: Final = _Collector()
+#: ``COLLECTOR.entry`` is ``None`` unless a :func:`collecting` block may be running
+COLLECTOR: Final = _Collector()
 
 
 def collect(report: ReleaseReport, policy: str) -> bool:
@@ -423,14 +580,14 @@ def collect(report: ReleaseReport, policy: str) -> bool:
     A collector whose call is no longer on this thread's stack (an interrupt
     landed before it was reset) is dropped here.
     """
-    entry = _COLLECTOR.entry
+    entry = COLLECTOR.entry
     if entry is None:
         return False
     frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and frame is not entry[0]:
         frame = frame.f_back
     if frame is None:
-        _COLLECTOR.entry = None
+        COLLECTOR.entry = None
         return False
     entry[1].append((report, policy))
     return True
@@ -439,13 +596,13 @@ def collect(report: ReleaseReport, policy: str) -> bool:
 @contextlib.contextmanager
 def collecting() -> Iterator[list[tuple[ReleaseReport, str]]]:
     """Within the block, this thread's unloads hand their reports to the list it yields."""
-    previous = _COLLECTOR.entry
+    previous = COLLECTOR.entry
     reports: list[tuple[ReleaseReport, str]] = []
-    _COLLECTOR.entry = (sys._getframe(2), reports)  # the caller of the with statement
+    COLLECTOR.entry = (sys._getframe(2), reports)  # the caller of the with statement
     try:
         yield reports
     finally:
-        _COLLECTOR.entry = previous
+        COLLECTOR.entry = previous
 
 
 class _Deferred(threading.local):
@@ -464,9 +621,10 @@ def held_bytes(key: int) -> int | None:
     record = _snapshot.record_of(key)
     if record is None:
         return None
+    if record.sizes is not None:
+        return int(record.sizes.held)
     sizer = _Sizer()
-    values = (*record.after.values(), *record.after_private.values())
-    return sum(sizer.size(value, SIZE_DEPTH) for value in values)
+    return sum(sizer.size(value, SIZE_DEPTH) for value in _values(record))
 
 
 # -------------------------------------------------------------------- CUDA

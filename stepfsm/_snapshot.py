@@ -39,6 +39,7 @@ __all__ = [
     "finish",
     "install_copy_hooks",
     "on_reduce",
+    "Record",
     "preload_state",
     "record_of",
     "strip",
@@ -49,14 +50,14 @@ _MISSING: Final[Any] = object()
 Values = dict[str, Any]
 
 
-class _Record:
+class Record:
     """What one step's last load set (kept only when it set something).
 
     ``before``/``after`` name each attribute the load set, with its pre-load
     and its loaded value (and the same for pydantic private attributes).
     """
 
-    __slots__ = ("after", "after_private", "before", "before_private", "owner")
+    __slots__ = ("after", "after_private", "before", "before_private", "owner", "sizes")
 
     def __init__(
         self,
@@ -74,12 +75,14 @@ class _Record:
         self.after = after
         self.before_private = before_private
         self.after_private = after_private
+        #: what the release check estimated when the load ended (``_release.Sizes``)
+        self.sizes: Any = None
 
 
 #: the attributes of the steps whose load is running: ``id -> (ref, pre, pre_private)``
 _STARTED: Final[dict[int, tuple[weakref.ref[Any], Values | None, Values | None]]] = {}
 #: what the last load of each loaded step set, for the steps whose load set anything
-_RECORDS: Final[dict[int, _Record]] = {}
+_RECORDS: Final[dict[int, Record]] = {}
 _NONE: Final[Values] = {}
 
 
@@ -157,12 +160,12 @@ def finish(ref: weakref.ref[Any], owner: Any, cfg: ClassConfig) -> None:
         current = getattr(owner, "__pydantic_private__", None) or {}
         before_private, after_private = changes(pre_private, current)
     if before or before_private:
-        _RECORDS[key] = _Record(ref, before, after, before_private, after_private)
+        _RECORDS[key] = Record(ref, before, after, before_private, after_private)
     else:
         _RECORDS.pop(key, None)
 
 
-def record_of(key: int) -> _Record | None:
+def record_of(key: int) -> Record | None:
     """What the last load of the step with ``id`` ``key`` set; ``None`` if nothing (or unloaded)."""
     return _RECORDS.get(key)
 

@@ -1225,9 +1225,8 @@ class Lifecycle:
         error = self._call_user(claim, owner, "load", fn, args, kwargs)
         if _CLAIMS.get(self) is not claim:  # forked inside the load: this child starts over
             return self._abandoned(error)
-        _snapshot.finish(
-            self.owner_ref, owner, cfg
-        )  # also after a failure: a failed step may hold part
+        _snapshot.finish(self.owner_ref, owner, cfg)  # also after a failure: it may hold part
+        _rel.measure(self.owner_ref.key)
         if error is None:
             self._finish_load()
             ret, self._ret = self._ret, None
@@ -1254,7 +1253,7 @@ class Lifecycle:
         """
         owner = self.owner_ref()
         self._ret = None
-        watched = self._watch()  # checked once the claim is let go (_check_release)
+        watched = self._watch()  # checked when the unload returns (_freed, _check_release)
         refused = self._begin_unload(operation, drain)
         if refused is not None:
             self._fail(refused)
@@ -1264,8 +1263,8 @@ class Lifecycle:
             return self._abandoned(error)
         if error is None:
             self._finish_unload()
-            if watched is not None:
-                self._released = (claim[1], watched)
+            if watched is not None and not self._freed(watched):
+                self._released = (claim[1], watched)  # to check after the claim is let go
             ret, self._ret = self._ret, None
             return ret[0] if ret is not None else None
         self._fail(error)
@@ -1316,8 +1315,8 @@ class Lifecycle:
             return None, self._abandoned(error)
         if error is None:
             self._finish_unload()
-            if watched is not None:
-                self._released = (claim[1], watched)
+            if watched is not None and not self._freed(watched):
+                self._released = (claim[1], watched)  # to check after the claim is let go
             ret, self._ret = self._ret, None
             return None, ret[0] if ret is not None else None
         self._fail(error)
@@ -1372,13 +1371,14 @@ class Lifecycle:
 
     def _watch(self) -> _rel.Watch | None:
         """With the claim held, before the unload code runs: what it should free."""
-        if _snapshot.record_of(self.owner_ref.key) is None and self._cuda is None:
+        record = _snapshot.record_of(self.owner_ref.key)
+        if record is None and self._cuda is None:
             self._last_release = None  # the load set nothing to watch (the usual fast path)
             return None
         if resolve("on_leak", self._own, self._cfg) == "ignore":
             self._last_release = _rel.ReleaseReport(self.name, checked=False)
             return None
-        watched = _rel.watch(self.owner_ref.key, self._cuda)
+        watched = _rel.watch(record, self._cuda)
         if watched is None:
             self._last_release = None
         return watched
@@ -1396,21 +1396,34 @@ class Lifecycle:
             ResourceLeakError: something is still alive and ``on_leak`` is ``"raise"``.
         """
         released = self._released
+        nested = bool(_running.stack)
         if released is not None and released[0] == _get_ident():  # else: its thread checks
             self._released = None
-            if _running.stack:
+            if nested:
                 _rel.DEFERRED.checks.append((self, released[1]))
                 return
             self._report(released[1])
-        if not _running.stack:
+        if not nested:
             waiting = _rel.DEFERRED.checks
             while waiting:
                 lifecycle, watched = waiting.pop(0)
                 lifecycle._report(watched)
 
+    def _freed(self, watched: _rel.Watch) -> bool:
+        """Right after a successful unload: report it if it freed everything (the usual case)."""
+        report = _rel.all_freed(self.name, watched)
+        if report is None:
+            return False  # something is still alive: _check_release looks closer
+        self._last_release = report
+        if _rel.COLLECTOR.entry is not None:
+            _rel.collect(report, self.on_leak)  # unload_all() sums what its unloads freed
+        return True
+
     def _report(self, watched: _rel.Watch) -> None:
         report = _rel.check(self.name, watched, self.owner_ref())
         self._last_release = report
+        if not report.leaked and _rel.COLLECTOR.entry is None:
+            return  # the usual case
         policy = self.on_leak
         if _rel.collect(report, policy) or not report.leaked:
             return  # unload_all() reports every leak at once

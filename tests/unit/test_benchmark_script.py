@@ -106,3 +106,4 @@ def test_release_benchmark_prints_both_rows() -> None:
     out = _quick("bench_release.py")
     assert "target <= 1.1x" in out, out
     assert "target <= 1.0 s" in out, out
+    assert "size estimate at load end" in out, out

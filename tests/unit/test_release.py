@@ -417,6 +417,86 @@ def test_status_shows_the_bytes_a_loaded_step_holds() -> None:
     assert row.nbytes is None
 
 
+def test_sizes_are_taken_once_when_the_load_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """status() and a clean unload reuse the load's estimate instead of walking the model."""
+    step = Model("measured", size=4096)
+    step.load()
+    walks: list[object] = []
+    real = _release._Sizer.size
+
+    def counting(self: Any, obj: object, depth: int) -> int:
+        walks.append(obj)
+        return real(self, obj, depth)
+
+    monkeypatch.setattr(_release._Sizer, "size", counting)
+    row = next(r for r in stepfsm.status() if r.name == "Model 'measured'")
+    assert row.nbytes == 4096 + 10
+    step.unload()
+    report = stepfsm.lifecycle(step).last_release
+    assert report is not None
+    assert report.bytes_freed == 4096 + 10
+    assert walks == []
+
+
+def test_what_a_loaded_container_gained_after_the_load_is_watched_too() -> None:
+    global kept
+    step = Model("grown")
+    step.load()
+    assert step.shards is not None
+    late = Weights(77)
+    step.shards.append(late)  # a lazy cache filled by a later call
+    kept = late
+    del late
+    try:
+        warning = leak_of(step)
+    finally:
+        kept = None
+    assert [item.attribute for item in warning.leaked] == ["shards[3]"]
+    assert warning.leaked[0].size == 77
+    assert f"{__name__}.kept" in paths(warning, "shards[3]")
+    report = stepfsm.lifecycle(step).last_release
+    assert report is not None
+    assert sorted(item.attribute for item in report.freed) == ["model", "shards[0]"]
+    assert report.bytes_freed == 1000 + 10  # sized when the load ended, not again
+
+
+def test_an_object_whose_own_code_raises_while_sized_does_not_fail_the_step() -> None:
+    class Touchy:
+        """Reading its attributes raises (a broken proxy, a remote handle)."""
+
+        def __getattribute__(self, name: str) -> Any:
+            if name == "__dict__":
+                raise RuntimeError("no attributes here")
+            return super().__getattribute__(name)
+
+    class Moody(dict[str, Any]):
+        __slots__ = ()  # no weak references: its items are what is watched
+
+        def items(self) -> Any:
+            raise RuntimeError("cannot list")
+
+    @stepfsm.stateful
+    class Odd:
+        def load(self) -> None:
+            self.handle = Touchy()
+            self.table = Moody(a=Weights(5))
+
+        def unload(self) -> None:
+            self.handle = self.table = None
+
+    step = Odd()
+    step.load()
+    assert stepfsm.lifecycle(step).state is State.LOADED
+    row = next(r for r in stepfsm.status() if r.name.startswith("Odd at"))
+    assert row.nbytes == 5  # Touchy: nothing it holds could be counted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step.unload()
+    report = stepfsm.lifecycle(step).last_release
+    assert report is not None
+    assert [item.attribute for item in report.freed] == ["handle"]  # Moody's items unlisted
+
+
 # -------------------------------------------------------------------- CUDA
 
 
