@@ -12,6 +12,7 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``_aio``       event-loop plumbing for the async operations (worker threads, wake-ups)
 * ``_drain``     the guarded calls running now (counted by their token, listed if async)
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
+* ``_budget``    budgets: pools, costs, least recently used eviction
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),
   recovery
 * ``_group``     ``group()``: several steps loaded at once, all or nothing
@@ -43,6 +44,9 @@ from collections.abc import Iterator as _Iterator
 from typing import Any as _Any
 
 from . import _travel  # wires what a pickled step carries (no public names)
+from ._budget import Budget as Budget
+from ._budget import budget as budget
+from ._budget import budgets as budgets
 from ._drain import RunningCall as RunningCall
 from ._group import Group as Group
 from ._group import group as group
@@ -53,6 +57,7 @@ from ._settings import configure as configure
 from ._settings import is_stateful as is_stateful
 from ._settings import subscribe as subscribe
 from .errors import AlreadyLoadedError as AlreadyLoadedError
+from .errors import BudgetExceededError as BudgetExceededError
 from .errors import CleanupWarning as CleanupWarning
 from .errors import DefinitionError as DefinitionError
 from .errors import DiagramError as DiagramError
@@ -96,6 +101,8 @@ _T = _typing.TypeVar("_T")
 __all__ = [
     "AlreadyLoadedError",
     "AsyncLoaded",
+    "Budget",
+    "BudgetExceededError",
     "CleanupWarning",
     "Configured",
     "DefinitionError",
@@ -133,6 +140,8 @@ __all__ = [
     "aloaded",
     "areload",
     "aunload",
+    "budget",
+    "budgets",
     "configure",
     "diagram",
     "ensure_loaded",

@@ -93,6 +93,17 @@ def _press_ctrl_c(step: TinyLLM, after: float = 0.05) -> threading.Thread:
     return thread
 
 
+def _two(first: TinyLLM, second: TinyLLM) -> str:
+    first.load()
+    second.load()
+    return first.generate("hi")
+
+
+def _held_load(first: TinyLLM, second: TinyLLM, step: TinyLLM) -> None:
+    with stepfsm.loaded(first), stepfsm.loaded(second):
+        step.load()
+
+
 def _section(title: str) -> None:
     print(f"\n\033[1m{title}\033[0m" if _color else f"\n{title}")
     print("-" * min(WIDTH, len(title)))
@@ -223,11 +234,31 @@ def main(argv: list[str] | None = None) -> int:
     _section("8. stepfsm.unload_all()")
     _attempt("stepfsm.unload_all()", stepfsm.unload_all)
 
-    try:  # the distilabel story (sections 9-11), when distilabel is installed
+    _section("9. Three models, room for two: a budget")
+    _code('stepfsm.budget("gpu:0", 64 * 2**20)   # each TinyLLM takes 32 MiB')
+    stepfsm.budget("gpu:0", 64 * 2**20)
+    trio = [TinyLLM(name, load_seconds=0.05) for name in ("writer", "judge", "critic")]
+    for model in trio:
+        stepfsm.lifecycle(model).cost = ("gpu:0", 32 * 2**20)
+    _code('for m in (writer, judge, critic): stepfsm.lifecycle(m).cost = ("gpu:0", 32 * 2**20)')
+    writer, judge, critic = trio
+    _attempt("writer.load(); judge.load(); writer.generate('hi')", lambda: _two(writer, judge))
+    _attempt("critic.load()   # no room: the least recently used idle model goes", critic.load)
+    _show(", ".join(f"{m.name}: {stepfsm.state(m).value}" for m in trio))
+    _show(f"why: {stepfsm.lifecycle(judge).history[-1].reason}")
+    stepfsm.lifecycle(judge).timeout = 0.2
+    _attempt(
+        "with stepfsm.loaded(writer), stepfsm.loaded(critic): judge.load()   # both held",
+        lambda: _held_load(writer, critic, judge),
+    )
+    _show(stepfsm.status().pools[0])
+    stepfsm.unload_all()
+
+    try:  # the distilabel story (sections 10-12), when distilabel is installed
         import distilabel  # noqa: F401
     except ImportError:
         return 0
     from ._demo_distilabel import run
 
-    run(_section, _attempt, _code, _show, width=WIDTH)
+    run(_section, _attempt, _code, _show, first=10, width=WIDTH)
     return 0

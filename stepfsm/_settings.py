@@ -168,6 +168,8 @@ class ClassConfig(NamedTuple):
     on_leak: OnLeak | None = None
     #: seconds an unload waits for running guarded calls (None: the timeout in force)
     drain_timeout: float | None = None
+    #: what a load books in a budget: (pool, amount) or a callable (docs/design.md §12)
+    cost: Any = None
 
 
 def class_config(cls: type) -> ClassConfig | None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyLoadedError",
+    "BudgetExceededError",
     "CleanupWarning",
     "DefinitionError",
     "DiagramError",
@@ -295,6 +296,63 @@ class StepInUseError(StepStateError):
                 f"{operation}(force=True)."
             )
         super().__init__(message, step=step, state=state, operation=operation)
+
+
+class BudgetExceededError(StepStateError):
+    """A load that its budget cannot fit: nothing could be evicted in time (``docs/design.md`` §12).
+
+    The load did not begin; the step's state is unchanged.
+
+    Attributes:
+        pool: the budget's name, e.g. ``"gpu:0"``.
+        capacity: its capacity.
+        used: what its loading, loaded and unloading steps had booked.
+        needed: the cost of the refused load.
+        held: each step counted in the pool: ``(name, cost, why it was kept)``.
+        waited: the seconds the load waited for room (``None``: its cost alone
+            exceeds the capacity, so it did not wait).
+    """
+
+    def __init__(
+        self,
+        step: str,
+        state: State,
+        pool: str,
+        capacity: float,
+        used: float,
+        needed: float,
+        held: Sequence[tuple[str, float, str]],
+        waited: float | None,
+    ) -> None:
+        self.pool = pool
+        self.capacity = capacity
+        self.used = used
+        self.needed = needed
+        self.held = tuple(held)
+        self.waited = waited
+        amount = format_amount
+        if waited is None:
+            message = (
+                f"Cannot load {step}: its cost ({amount(needed)}) alone exceeds the capacity "
+                f"of budget {pool!r} ({amount(capacity)}). Raise the capacity "
+                f"(stepfsm.budget({pool!r}, ...)) or lower the step's cost."
+            )
+        else:
+            kept = "; ".join(f"{name} ({amount(cost)}, {why})" for name, cost, why in self.held)
+            message = (
+                f"Cannot load {step}: budget {pool!r} has {amount(capacity - used)} free of "
+                f"{amount(capacity)} and the load needs {amount(needed)}; no step of it could be "
+                f"evicted within {waited:g} s. Counted: {kept or 'none'}. Release a holder, "
+                "unload a step, or raise the capacity or the timeout."
+            )
+        super().__init__(message, step=step, state=state, operation="load")
+
+
+def format_amount(value: float) -> str:
+    """A budget amount as text: bytes from 1 KiB up, else the plain number."""
+    if value == float("inf"):
+        return "unlimited"
+    return format_bytes(int(value)) if value >= 1024 else f"{value:g}"
 
 
 class ResourceLeakError(StepFSMError):

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from . import _aio, _drain, _engine, _settings, _snapshot, registry
+from . import _aio, _budget, _drain, _engine, _settings, _snapshot, registry
 from . import _release as _rel  # the module (Lifecycle has a method _release)
 from ._settings import (
     ClassConfig,
@@ -137,6 +137,12 @@ _calls_lock: Final = threading.Lock()
 _SLICE: Final = 0.2
 
 
+def _operating(lc: Lifecycle) -> bool:
+    """Whether an operation runs on ``lc`` now (a claim whose frame still runs)."""
+    held = _CLAIMS.get(lc)
+    return held is not None and _alive(held)
+
+
 def _alive(claim: Claim) -> bool:
     """Whether the operation that holds ``claim`` is still running.
 
@@ -169,6 +175,9 @@ class TransitionRecord(NamedTuple):
     duration: float
     thread: int
     error: BaseException | None
+    #: why stepfsm itself ran the transition (an eviction: ``"budget 'gpu:0' needed
+    #: room for ..."``); ``None`` when the step's own operation ran it
+    reason: str | None = None
 
 
 _tuple_new: Final[Any] = tuple.__new__  # builds a TransitionRecord without its Python __new__
@@ -261,10 +270,12 @@ class Lifecycle:
         "_awaiters",
         "_awaiting",
         "_began",
+        "_booked",
         "_cfg",
         "_children",
         "_cleanup_error",
         "_config",
+        "_cost",
         "_cuda",
         "_draining",
         "_due",
@@ -280,6 +291,7 @@ class Lifecycle:
         "_load_s",
         "_outbox",
         "_own",
+        "_reason",
         "_released",
         "_ret",
         "_since",
@@ -332,6 +344,9 @@ class Lifecycle:
         self._draining = False  # an unload waits for running guarded calls
         #: what the guarded calls of the current (or last) load hold while they run
         self._token: registry.Token | None = None
+        self._cost: _budget.CostSetting | None = None  # the instance's cost (not a setting:
+        self._booked: _budget.Budget | None = None  # per process), and the pool counting it
+        self._reason: str | None = None  # why stepfsm runs the current transition (eviction)
 
     # ------------------------------------------------------------------ facts
 
@@ -1180,11 +1195,14 @@ class Lifecycle:
             else:
                 self._fail(error if error is not None else interrupted(self.name, "unload"))
         self._ret = None
+        self._reason = None
         if self._state is _LOADED:
             if owner is not None:
                 registry.mark_loaded(self, owner, self._config)
         else:
             registry.mark_unloaded(self, owner)
+            if self._booked is not None:
+                _budget.give_back(self)  # booked, but the load never began (or ended 'failed')
 
     # ----------------------------------------------------------- transitions
 
@@ -1204,6 +1222,9 @@ class Lifecycle:
         """With the claim held and the state ``unloaded``: run the load; return its value."""
         owner: Any = self.owner_ref()
         cfg = self._cfg
+        cost = self._cost if self._cost is not None else cfg.cost
+        if cost is not None:  # before anything changes: a refusal leaves the state alone
+            _budget.book(self, cost, self.timeout)
         # registry.config_key's first test, inline: most classes compare by identity
         config = (
             registry.config_key(owner, cfg)
@@ -1441,6 +1462,8 @@ class Lifecycle:
     def _finish_load(self) -> None:
         self._fire("finish_load")  # sets _load_s, and logs
         self._error = self._cleanup_error = None
+        if self._booked is not None:
+            _budget.loaded(self)
 
     def _finish_unload(self) -> None:
         self._fire("finish_unload")
@@ -1484,7 +1507,8 @@ class Lifecycle:
             self._from = source
             self._began = wall
             record = _tuple_new(
-                TransitionRecord, (trigger, source, state, wall, 0.0, _get_ident(), None)
+                TransitionRecord,
+                (trigger, source, state, wall, 0.0, _get_ident(), None, self._reason),
             )
         else:
             began = self._began
@@ -1499,6 +1523,7 @@ class Lifecycle:
                     took if took > 0.0 else 0.0,
                     _get_ident(),
                     None if error is None else _detached(error),
+                    self._reason,
                 ),
             )
             if state is _LOADED:
@@ -1506,6 +1531,8 @@ class Lifecycle:
                 owner = self.owner_ref()
                 if owner is not None:  # the guards' flag comes last
                     registry.mark_loaded(self, owner, self._config)
+            elif self._booked is not None:  # unloaded or failed: no longer counted
+                _budget.give_back(self)
         history = self._history
         if history is None:
             history = self._history = deque(maxlen=_settings.history_size())
@@ -1714,6 +1741,91 @@ class Lifecycle:
                 if calls is None:
                     calls = self._acalls = []
         return calls
+
+    def _idle(self) -> bool:
+        """Whether a budget may evict the step now (``docs/design.md`` §12)."""
+        token = self._token
+        return (
+            self._state is _LOADED
+            and not self._holds
+            and self.owner_ref() is not None
+            and not _operating(self)
+            and not self._cfg.is_async  # its unload must be awaited: a load thread cannot
+            and (token is None or _getrefcount(token) <= 4)  # ours, the flag, local, argument
+            and not self._acalls
+        )
+
+    def _why_kept(self) -> str:
+        """Why a budget could not evict the step (``BudgetExceededError``)."""
+        state = self._state
+        if state is not _LOADED:
+            return str(state.value)
+        if self._holds:
+            return "held by " + ", ".join(self.holders)
+        if self._cfg.is_async:
+            return "an async step"
+        token = self._token
+        if (token is not None and _getrefcount(token) > 4) or self._acalls:
+            return "a guarded call running"
+        return "in an operation" if _operating(self) else "idle"
+
+    def _evict_for(self, reason: str) -> bool:
+        """Unload the step for a budget if it is still idle; whether it did.
+
+        Never waits for the step's claim (another operation has it: the step
+        is not idle), never raises: an unload that fails leaves the step
+        ``failed`` (no longer counted), which the budget's caller sees as room.
+        """
+        claim = (_getframe(), _get_ident())
+        held = _CLAIMS.setdefault(self, claim)
+        if held is not claim:  # another operation's, or one an interrupt abandoned
+            if _alive(held) or not self._take_over(held, claim):
+                return False
+            self._recover(None)
+        try:
+            if not self._idle_claimed():
+                return False
+            self._reason = reason
+            self._unload_now(claim, "evict", self._user_fn(self._cfg.unload), (), {})
+            log.info("evicted %s: %s", self.name, reason)
+            return True
+        except Exception as error:  # the step is 'failed' now, so no longer counted
+            self._on_error(claim, error)
+            log.warning("evicting %s failed with %s", self.name, describe(error))
+            return False
+        except BaseException as error:
+            self._on_error(claim, error)
+            raise
+        finally:
+            self._reason = None
+            self._end(claim)
+            del claim  # else the claim and this frame form a cycle only the GC frees
+            if self._released is not None or _rel.DEFERRED.checks:  # outside the claim
+                self._check_release()
+
+    def _idle_claimed(self) -> bool:
+        """:meth:`_idle`, with this thread holding the claim."""
+        token = self._token
+        return (
+            self._state is _LOADED
+            and not self._holds
+            and (token is None or _getrefcount(token) <= 4)
+            and not self._acalls
+        )
+
+    @property
+    def cost(self) -> _budget.CostSetting | None:
+        """What a load of this step books in a budget: ``(pool, amount)``, a callable, or ``None``.
+
+        The instance's own cost wins over the class's (``@stateful(cost=...)``);
+        set ``None`` to go back to the class's. Costs are per process: a pickled
+        step does not carry its instance cost (``docs/design.md`` §12).
+        """
+        return self._cost if self._cost is not None else self._cfg.cost
+
+    @cost.setter
+    def cost(self, value: _budget.CostSetting | None) -> None:
+        self._cost = _budget.check_cost(value)
 
     def _unload_for_all(self) -> None:
         """``unload_all()``'s unload: evict the holders, but wait for running calls."""

@@ -29,13 +29,14 @@ import itertools
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _release, _snapshot
 from ._settings import LOADED_FLAG, ClassConfig
-from .errors import LeakWarning, ResourceLeakError, emit, format_bytes
+from .errors import LeakWarning, ResourceLeakError, emit, format_amount, format_bytes
 from .states import State
 
 if TYPE_CHECKING:
@@ -46,9 +47,11 @@ if TYPE_CHECKING:
 __all__ = [
     "RUNNING",
     "OwnerRef",
+    "PoolStatus",
     "Status",
     "StepStatus",
     "Token",
+    "UsedToken",
     "at_fork",
     "config_key",
     "find",
@@ -60,6 +63,7 @@ __all__ = [
     "mark_unloaded",
     "owner_ref",
     "register",
+    "show_pools",
     "status",
     "status_row",
     "token_of",
@@ -195,6 +199,31 @@ class Token:
         self.owner = owner
 
 
+_monotonic: Final = time.monotonic
+
+
+class UsedToken(Token):
+    """The token of a step with a budget cost: each guarded call notes when it ran (``_budget``).
+
+    Dict classes' guards test its truth, slotted classes' guards call its
+    ``owner()``: both note the time and answer as a plain token does.
+    """
+
+    __slots__ = ("ref", "used")
+
+    def __init__(self, owner: OwnerRef) -> None:
+        self.ref = owner
+        self.used = _monotonic()
+
+    def __bool__(self) -> bool:
+        self.used = _monotonic()
+        return True
+
+    def owner(self) -> object:  # type: ignore[override]
+        self.used = _monotonic()
+        return self.ref()
+
+
 def tokens_table() -> dict[int, Token]:
     """``id(step) -> Token`` of the loaded steps (read-only; slotted classes' guards)."""
     return _TOKENS
@@ -215,7 +244,8 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
     key = id(owner)
     token = lc._token
     if _LOADED.get(key) is not lc.owner_ref:  # not again for a step marked already
-        token = lc._token = Token(lc.owner_ref)  # a new load: earlier loads' calls are not its
+        # a new load: earlier loads' calls are not its; a booked step's notes each use
+        token = lc._token = (Token if lc._booked is None else UsedToken)(lc.owner_ref)
         _ORDER[key] = next(_SEQUENCE)  # (a refused operation's recovery marks it again)
         if config is not None:
             bucket = (type(owner), config[0])
@@ -225,7 +255,7 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
                 entries.append(lc)
         _LOADED[key] = lc.owner_ref
     if token is None:
-        token = lc._token = Token(lc.owner_ref)
+        token = lc._token = (Token if lc._booked is None else UsedToken)(lc.owner_ref)
     attrs = getattr(owner, "__dict__", None)
     if isinstance(attrs, dict):
         attrs[LOADED_FLAG] = token
@@ -410,16 +440,22 @@ class Status(tuple[StepStatus, ...]):
                 cells += (row.node or "-", pid, row.actor or "-")
             yield cells
 
+    #: the budgets of this process (``docs/design.md`` §12), as :func:`status` found them
+    pools: tuple[PoolStatus, ...] = ()
+
     def __str__(self) -> str:
         if not self:
-            return "no stateful steps are alive in this process"
-        head = self._head()
-        rows = [head, *self._cells()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+            lines = ["no stateful steps are alive in this process"]
+        else:
+            head = self._head()
+            rows = [head, *self._cells()]
+            widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+            lines = [
+                "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+            ]
+            lines.insert(1, "  ".join("-" * w for w in widths))
+        if self.pools:
+            lines += ["", *map(str, self.pools)]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -447,7 +483,51 @@ class Status(tuple[StepStatus, ...]):
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
             for cells in self._cells()
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return table + "".join(pool._repr_html_() for pool in self.pools)
+
+
+class PoolStatus(NamedTuple):
+    """One budget in :func:`status`: its name, capacity, what is used, and by how many steps."""
+
+    name: str
+    capacity: float
+    used: float
+    steps: int
+
+    @property
+    def share(self) -> float:
+        """The used part of the capacity, 0.0 to 1.0."""
+        if self.capacity == float("inf") or self.capacity <= 0:
+            return 0.0 if self.used <= 0 or self.capacity == float("inf") else 1.0
+        return min(self.used / self.capacity, 1.0)
+
+    def __str__(self) -> str:
+        return (
+            f"budget {self.name!r}: {format_amount(self.used)} of "
+            f"{format_amount(self.capacity)} used ({self.share:.0%}), "
+            f"{self.steps} step{'s' * (self.steps != 1)}"
+        )
+
+    def _repr_html_(self) -> str:
+        import html
+
+        width = round(self.share * 100)
+        bar = (
+            '<div style="display:inline-block;width:12em;height:0.8em;background:#e5e5e5;'
+            'vertical-align:middle;margin-right:0.5em"><div style="height:100%;'
+            f'width:{width}%;background:{"#d9534f" if width >= 100 else "#4a90d9"}"></div></div>'
+        )
+        return f"<div>{bar}{html.escape(str(self))}</div>"
+
+
+#: what :func:`status` asks for the budgets (``_budget`` sets it: it sits above this module)
+_POOLS_VIEW: list[Callable[[], tuple[PoolStatus, ...]]] = []
+
+
+def show_pools(view: Callable[[], tuple[PoolStatus, ...]]) -> None:
+    """Let :func:`status` list the budgets ``view`` describes."""
+    _POOLS_VIEW[:] = [view]
 
 
 def status() -> Status:
@@ -455,7 +535,10 @@ def status() -> Status:
 
     ``str(status())`` is a readable table; in Jupyter it renders as HTML.
     """
-    return Status([row for row in map(status_row, live()) if row is not None])
+    table = Status([row for row in map(status_row, live()) if row is not None])
+    for view in _POOLS_VIEW:
+        table.pools = view()
+    return table
 
 
 def status_row(

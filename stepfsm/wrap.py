@@ -28,7 +28,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar, overload
 
-from . import _guard, _snapshot, machine
+from . import _budget, _guard, _snapshot, machine
 from ._settings import (
     LOADED_FLAG,
     ClassConfig,
@@ -70,6 +70,7 @@ OPTIONS: Final = (
     "timeout",
     "on_leak",
     "drain_timeout",
+    "cost",
 )
 
 
@@ -88,6 +89,7 @@ def stateful(
     timeout: float | None = None,
     on_leak: OnLeak | None = None,
     drain_timeout: float | None = None,
+    cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
 ) -> Callable[[C], C]: ...
 
 
@@ -103,6 +105,7 @@ def stateful(
     timeout: float | None = None,
     on_leak: OnLeak | None = None,
     drain_timeout: float | None = None,
+    cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
 ) -> C | Callable[[C], C]:
     """Give a class (and every subclass) an explicit, thread-safe lifecycle.
 
@@ -134,6 +137,9 @@ def stateful(
             load created (``"warn"``, ``"raise"``, ``"ignore"``).
         drain_timeout: seconds an unload waits for guarded calls still running
             on other threads (default: ``timeout``).
+        cost: what each load books in a budget (``stepfsm.budget``):
+            ``(pool, amount)``, e.g. ``("gpu:0", 8 * 2**30)``, or a callable
+            taking the step and returning that, called before each load.
 
     Raises:
         DefinitionError: the class has no such load/unload method, or it is a
@@ -150,6 +156,7 @@ def stateful(
         "timeout": timeout,
         "on_leak": on_leak,
         "drain_timeout": drain_timeout,
+        "cost": cost,
     }
 
     def apply(target: C) -> C:
@@ -198,6 +205,7 @@ def make_stateful(
     timeout: float | None = None,
     on_leak: OnLeak | None = None,
     drain_timeout: float | None = None,
+    cost: Any = None,
     before_load: Callable[[Any], None] | None = None,
     layer: Layer | None = None,
 ) -> ClassConfig:
@@ -217,6 +225,7 @@ def make_stateful(
     try:
         checked_timeout = check_timeout(timeout)
         checked_drain = check_timeout(drain_timeout, "drain_timeout")
+        checked_cost = _budget.check_cost(cost)
     except (TypeError, ValueError) as error:
         raise bad_option(cls, str(error)) from None
     cfg = ClassConfig(
@@ -234,6 +243,7 @@ def make_stateful(
         is_async=_is_async(cls, load or parent.load, unload or parent.unload),
         on_leak=on_leak or parent.on_leak,
         drain_timeout=checked_drain if checked_drain is not None else parent.drain_timeout,
+        cost=checked_cost if checked_cost is not None else parent.cost,
     )
     _check_definition(cls, cfg)
     patch(cls, "__stepfsm__", cfg)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import stepfsm
-from stepfsm import _settings, registry
+from stepfsm import _budget, _settings, registry
 from tests.fakes import Resource, Resources
 from tests.support import stacks
 
@@ -117,6 +117,7 @@ def _clean_stepfsm() -> Iterator[None]:
     """Each test starts with default settings and leaves no step loaded."""
     previous = _settings.snapshot()
     listeners = _settings.LISTENERS
+    pools = dict(_budget._POOLS)
     HANDLES.drop()  # count only the handles this test opens
     yield
     previous.restore()
@@ -133,6 +134,8 @@ def _clean_stepfsm() -> Iterator[None]:
                     lc.unload(force=True)
             if lc.state is not stepfsm.State.UNLOADED:  # beyond repair: forget it
                 registry.forget_where(lambda step, lc=lc: step is lc.step)
+    _budget._POOLS.clear()  # the budgets this test declared go (their steps are unloaded)
+    _budget._POOLS.update(pools)
 
 
 @pytest.fixture

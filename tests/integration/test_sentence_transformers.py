@@ -141,13 +141,12 @@ def _require_packages() -> None:
     pytest.skip(f"needs {', '.join(missing)} ({reason}; see dev.py)")
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run the scenario once in a fresh, offline interpreter and return its measurements."""
+def run_scenario(scenario: str, home: Path) -> dict[str, Any]:
+    """Run ``scenario`` in a fresh, offline interpreter (``home`` its HOME); what it printed
+    after ``RESULT `` on its last such line, as JSON."""
     _require_packages()
     if not Path("/proc/self/statm").exists():
         pytest.skip("RSS is read from /proc (Linux only)")
-    home = tmp_path_factory.mktemp("st-home")
     env = {
         **os.environ,
         "HOME": str(home),
@@ -158,7 +157,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "TOKENIZERS_PARALLELISM": "false",
     }
     proc = subprocess.run(
-        [sys.executable, "-c", SCENARIO],
+        [sys.executable, "-c", scenario],
         capture_output=True,
         text=True,
         env=env,
@@ -170,6 +169,12 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert lines, f"scenario printed no result:\n{proc.stdout}\n{proc.stderr}"
     data: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
     return data
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run the scenario once in a fresh, offline interpreter and return its measurements."""
+    return run_scenario(SCENARIO, tmp_path_factory.mktemp("st-home"))
 
 
 def test_stepfsm_does_not_import_torch(result: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ from stepfsm.states import State
 PUBLIC = [
     "AlreadyLoadedError",
     "AsyncLoaded",
+    "Budget",
+    "BudgetExceededError",
     "CleanupWarning",
     "Configured",
     "DefinitionError",
@@ -58,6 +60,8 @@ PUBLIC = [
     "aloaded",
     "areload",
     "aunload",
+    "budget",
+    "budgets",
     "configure",
     "diagram",
     "ensure_loaded",

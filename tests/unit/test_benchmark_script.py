@@ -107,3 +107,11 @@ def test_release_benchmark_prints_both_rows() -> None:
     assert "target <= 1.1x" in out, out
     assert "target <= 1.0 s" in out, out
     assert "size estimate at load end" in out, out
+
+
+def test_budget_benchmark_prints_both_cases() -> None:
+    """``bench_budget.py --quick`` runs (every load into the full pool evicts one) and prints."""
+    out = _quick("bench_budget.py")
+    assert "load that evicts the LRU step" in out, out
+    assert "target <= 2.0x" in out, out
+    assert "a pool with room" in out, out

@@ -972,6 +972,16 @@ def error_samples() -> dict[type[BaseException], BaseException]:
         errors.TransitionInProgressError: errors.TransitionInProgressError(
             "FakeStep 'gen_0'", State.LOADING, "load", 0.5
         ),
+        errors.BudgetExceededError: errors.BudgetExceededError(
+            "FakeStep 'gen_0'",
+            State.UNLOADED,
+            "gpu:0",
+            16 * 2**30,
+            12 * 2**30,
+            8 * 2**30,
+            [("FakeStep 'gen_1'", 12 * 2**30, "held by 'notebook'")],
+            30.0,
+        ),
         errors.TransitionError: errors.TransitionError("FakeStep 'gen_0'", "load", cause),
         errors.LoadError: errors.LoadError("FakeStep 'gen_0'", "load", cause),
         errors.GroupLoadError: errors.GroupLoadError(

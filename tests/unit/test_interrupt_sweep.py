@@ -174,6 +174,13 @@ def check_settled(step: SweepStep, injector: Injector) -> None:
         with pytest.raises(NotLoadedError) as refused:
             step.use()
         assert isinstance(refused.value, StepFailedError) == (state is State.FAILED)
+    for pool in stepfsm.budgets():  # a budget counts exactly its loaded steps
+        counted = set(pool._held)
+        booked = {lc for lc in registry.live() if lc._booked is pool and lc.state is State.LOADED}
+        assert counted == booked, (
+            f"budget {pool.name!r} counts {counted}, loaded {booked} ({where})"
+        )
+        assert pool.used <= pool.capacity, where
 
 
 def check_recovers(step: SweepStep, injector: Injector) -> None:
@@ -223,6 +230,20 @@ def _calling(step: SweepStep) -> None:
     assert started.wait(5)
 
 
+CROWD: list[SweepStep] = []
+
+
+def _crowded(step: SweepStep) -> None:
+    """The step books all of a budget that an idle loaded step fills: its load evicts that one."""
+    stepfsm.budget("sweep", 1)
+    other = SweepStep(f"crowd_{next(NAMES)}")
+    stepfsm.lifecycle(other).cost = ("sweep", 1)
+    stepfsm.lifecycle(other).on_leak = "ignore"  # its release check is swept in "unload"
+    other.load()  # evicts whatever an earlier run left loaded in the budget
+    CROWD[:] = [other]  # alive until the next run (earlier ones go: the registry stays small)
+    stepfsm.lifecycle(step).cost = ("sweep", 1)
+
+
 #: (name, how the step starts, the operation under the sweep)
 OPERATIONS: list[tuple[str, Setup, Callable[[SweepStep], object]]] = [
     ("load", _nothing, lambda s: s.load()),
@@ -241,6 +262,7 @@ OPERATIONS: list[tuple[str, Setup, Callable[[SweepStep], object]]] = [
     ("with loaded()", _nothing, lambda s: _with_loaded(s)),
     ("unload_all", _loaded, lambda s: stepfsm.unload_all()),
     ("status", _loaded, lambda s: stepfsm.status()),
+    ("load that evicts", _crowded, lambda s: s.load()),
 ]
 
 

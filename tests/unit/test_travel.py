@@ -40,6 +40,9 @@ def _error_samples() -> list[BaseException]:
         stepfsm.StepFailedError("LLM 'a'", "generate", cause, 1.0),
         stepfsm.StepInUseError("LLM 'a'", State.LOADED, "unload", ["task 'x'"]),
         stepfsm.TransitionInProgressError("LLM 'a'", State.LOADING, "unload", 1.5),
+        stepfsm.BudgetExceededError(
+            "LLM 'a'", State.UNLOADED, "gpu:0", 100.0, 60.0, 50.0, [("LLM 'b'", 60.0, "idle")], None
+        ),
         stepfsm.TransitionError("LLM 'a'", "load", cause),
         stepfsm.LoadError("LLM 'a'", "load", cause),
         stepfsm.LoadError.in_cleanup("LLM 'a'", cause),
