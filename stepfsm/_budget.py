@@ -20,28 +20,27 @@ least recently used of all (every other entry's use is at least its pushed
 value), so a choice costs
 O(log n) per use since the last one, never a sort of the pool.
 
-One lock guards every pool; the eviction itself (the victim's unload, user
-code) runs outside it. An interrupt can land anywhere, the line that releases
-the lock included (``docs/design.md`` §9): so each pool keeps only what one
-assignment changes (``used`` is the sum of its bookings, computed when read),
-and a lock held longer than any of its sections can take (1 s) is taken to be
-one an interrupt left behind, and taken over.
+No lock: an interrupt can land on any line (``docs/design.md`` §9), the one
+that would release a lock included. Each pool changes only by single atomic
+operations (a booking stored or popped, a heap push or pop), ``used`` is the
+sum of the bookings when read, and a load books optimistically (:func:`book`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import logging
 import math
+import numbers
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from . import registry
+from . import _aio, _drain, registry
 from .errors import BudgetExceededError, DefinitionError, format_amount
 from .registry import UsedToken
 from .states import State
@@ -58,6 +57,7 @@ __all__ = [
     "check_cost",
     "give_back",
     "loaded",
+    "watch_idle",
 ]
 
 Cost = tuple[str, float]
@@ -65,10 +65,6 @@ CostSetting = Cost | Callable[[Any], Cost]
 
 _monotonic: Final = time.monotonic
 log: Final = logging.getLogger("stepfsm")
-#: guards every pool (taken with :func:`_lock`, never ``with``)
-_LOCK: Final = threading.Lock()
-#: a section holds the lock for microseconds: held this long, an interrupt left it held
-_STALE: Final = 1.0
 #: set when room may have come free (a step unloaded, a capacity changed)
 _ROOM: Final = threading.Event()
 _POOLS: Final[dict[str, Budget]] = {}
@@ -93,14 +89,15 @@ class Budget:
     def __init__(self, name: str, capacity: float) -> None:
         self.name = name
         self.capacity = capacity
-        self._held: dict[Lifecycle, tuple[float, int]] = {}  # step -> (cost, booking number)
+        #: step -> (cost, booking number, decided: it fit when its load read the sum)
+        self._held: dict[Lifecycle, tuple[float, int, bool]] = {}
         #: (last use seen, booking number, weak reference to the lifecycle)
         self._heap: list[tuple[float, int, weakref.ref[Lifecycle]]] = []
 
     @property
     def used(self) -> float:
         """The sum of the costs booked now (by loading, loaded and unloading steps)."""
-        return sum(cost for cost, _ in tuple(self._held.values()))
+        return sum(cost for cost, _, decided in tuple(self._held.values()) if decided)
 
     @property
     def free(self) -> float:
@@ -111,7 +108,7 @@ class Budget:
     def steps(self) -> tuple[BudgetUse, ...]:
         """The steps counted in the pool, in the order they booked."""
         held = tuple(self._held.items())  # one C call: no lock needed for a snapshot
-        return tuple(BudgetUse(lc.name, cost, lc.state.value) for lc, (cost, _) in held)
+        return tuple(BudgetUse(lc.name, cost, lc.state.value) for lc, (cost, _, ok) in held if ok)
 
     def __repr__(self) -> str:
         count = len(self._held)
@@ -134,15 +131,8 @@ def budget(name: str, capacity: float) -> Budget:
     if not isinstance(name, str) or not name:
         raise TypeError(f"a budget's name must be a non-empty string, not {name!r}")
     capacity = _check_amount(capacity, f"budget {name!r}'s capacity")
-    _lock()
-    try:
-        pool = _POOLS.get(name)
-        if pool is None:
-            pool = _POOLS[name] = Budget(name, capacity)
-        else:
-            pool.capacity = capacity
-    finally:
-        _LOCK.release()
+    pool = _POOLS.setdefault(name, Budget(name, capacity))  # atomic: one pool per name
+    pool.capacity = capacity
     _ROOM.set()
     return pool
 
@@ -153,11 +143,12 @@ def budgets() -> tuple[Budget, ...]:
 
 
 def _check_amount(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers too
         raise TypeError(f"{what} must be a number (bytes, say), not {value!r}")
-    if value != value or value < 0:
+    number = int(value) if isinstance(value, numbers.Integral) else float(value)
+    if number != number or number < 0:
         raise ValueError(f"{what} must be >= 0, not {value!r}")
-    return value
+    return number
 
 
 def check_cost(value: object, what: str = "cost") -> CostSetting | None:
@@ -182,13 +173,18 @@ def _cost_of(lc: Lifecycle, setting: CostSetting) -> Cost:
     """The ``(pool, amount)`` of ``lc``'s next load, calling a cost callable with the step."""
     if not callable(setting):
         return setting
-    value = setting(lc.step)
+    name = getattr(setting, "__qualname__", repr(setting))
+    try:
+        value = setting(lc.step)
+    except Exception as error:
+        raise DefinitionError(
+            f"The cost callable {name} of {lc.name} raised {type(error).__name__}: {error}"
+        ) from error
     try:
         checked = check_cost(value)
     except (TypeError, ValueError):
         checked = None
     if checked is None or callable(checked):
-        name = getattr(setting, "__qualname__", repr(setting))
         raise DefinitionError(
             f"The cost callable {name} of {lc.name} returned {value!r}, not (pool name, "
             "amount >= 0), e.g. ('gpu:0', 8 * 2**30)."
@@ -199,77 +195,99 @@ def _cost_of(lc: Lifecycle, setting: CostSetting) -> Cost:
 def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
     """Before ``lc``'s load begins: count its cost in its pool, evicting or waiting for room.
 
+    Optimistic, without a lock: the booking goes in first (one atomic ``dict``
+    store), then the pool's sum is read; over the capacity, the booking comes
+    out again and the load evicts or waits. A booking that stays was counted
+    with every booking made before its sum was read, and every later one
+    counts it, so the bookings that stay never sum past the capacity.
+    Two loads that back off from each other retry after a short, random pause.
+
     Raises:
         DefinitionError: the cost names a pool nobody declared, or its callable
-            returned something that is not a cost.
-        BudgetExceededError: the cost alone exceeds the capacity, or no room
-            came free within ``timeout``.
+            raised or returned something that is not a cost.
+        BudgetExceededError: the cost alone exceeds the capacity, the room is
+            pinned by this very thread's guarded calls, or no room came free
+            within ``timeout``.
     """
     name, amount = _cost_of(lc, setting)
+    pool = _POOLS.get(name)
+    if pool is None:
+        declared = ", ".join(map(repr, tuple(_POOLS))) or "none"
+        raise DefinitionError(
+            f"The cost of {lc.name} names the budget {name!r}, which is not declared in this "
+            f"process (declared: {declared}). Call stepfsm.budget({name!r}, capacity) first."
+        )
+    held = pool._held
+    if lc._booked is pool and lc in held:
+        return  # booked already: a reload keeps its room
     deadline = None if timeout is None or timeout == math.inf else _monotonic() + timeout
+    link = _aio.bridging()  # a worker of an aload(): its task may be cancelled meanwhile
     while True:
+        if amount > pool.capacity:
+            raise _exceeded(lc, pool, amount, timeout, alone=True)
         _ROOM.clear()  # set again by whatever frees room from here on
-        _lock()
-        try:
-            pool = _POOLS.get(name)
-            if pool is None:
-                declared = ", ".join(map(repr, _POOLS)) or "none"
-                raise DefinitionError(
-                    f"The cost of {lc.name} names the budget {name!r}, which is not declared in "
-                    f"this process (declared: {declared}). Call stepfsm.budget({name!r}, "
-                    "capacity) first."
-                )
-            if amount > pool.capacity:
-                raise _exceeded(lc, pool, amount, timeout, alone=True)
-            used = pool.used
-            if used + amount <= pool.capacity:
-                lc._booked = pool  # first: give_back() looks for a booking only if it is set
-                pool._held[lc] = (amount, next(_SEQUENCE))
-                return
-            victims = _victims(pool, used + amount - pool.capacity)
-        finally:
-            _LOCK.release()
-        if not victims:
-            remaining = None if deadline is None else deadline - _monotonic()
-            if remaining is not None and remaining <= 0:
-                raise _exceeded(lc, pool, amount, timeout)
-            _ROOM.wait(_POLL if remaining is None else min(_POLL, remaining))
+        lc._booked = pool  # first: give_back() looks for a booking only if it is set
+        number = next(_SEQUENCE)
+        held[lc] = (amount, number, False)  # undecided: counted by loads, not in ``used``
+        used = _total(pool)
+        if used <= pool.capacity:
+            held[lc] = (amount, number, True)
+            return
+        held.pop(lc, None)  # over: out again, then make room or wait
+        lc._booked = None
+        if amount > pool.capacity - _pinned(pool):
+            raise _exceeded(lc, pool, amount, None, pinned=True)
+        victims = _victims(pool, used - pool.capacity)
+        if victims:
+            for victim in victims:  # an unload runs the step's own code
+                victim._evict_for(f"budget {name!r} needed room for {lc.name}")
             continue
-        for victim in victims:  # outside the lock: an unload runs the step's own code
-            victim._evict_for(f"budget {name!r} needed room for {lc.name}")
+        remaining = None if deadline is None else deadline - _monotonic()
+        if remaining is not None and remaining <= 0:
+            raise _exceeded(lc, pool, amount, timeout)
+        pause = _POLL * (0.5 + random.random())  # apart from a load that backed off with us
+        _ROOM.wait(pause if remaining is None else min(pause, remaining))
+        if link is not None and link.cancelled:
+            raise _aio.cancelled()  # its task gave up waiting: never start the load
 
 
-def _lock() -> None:
-    """Take the pools' lock; one held for longer than any section takes is taken over."""
-    if not _LOCK.acquire(timeout=_STALE):
-        log.warning("stepfsm: the budgets' lock was left held (an interrupt?); taking it over")
-        with contextlib.suppress(RuntimeError):  # another waiter took it over first
-            _LOCK.release()
-        _LOCK.acquire()
+def _total(pool: Budget) -> float:
+    """Every booking of ``pool``, decided or not: what a load decides against."""
+    return sum(cost for cost, _, _ in tuple(pool._held.values()))
+
+
+def _pinned(pool: Budget) -> float:
+    """The costs of the steps of ``pool`` that guarded calls running on this thread hold.
+
+    Waiting for them would wait for this thread itself.
+    """
+    return sum(
+        cost
+        for lc, (cost, _, _) in tuple(pool._held.items())
+        if lc._token is not None and _drain.holds(lc._token)
+    )
 
 
 def _victims(pool: Budget, needed: float) -> list[Lifecycle]:
-    """With the lock held: the idle steps, least recently used first, whose costs free
+    """The idle steps, least recently used first, whose costs free
     ``needed``; empty if all the idle steps together would not (then nothing is evicted).
 
-    When the heap does not find enough it is made again from the bookings and
-    read once more: an interrupt may have cut a reading short and lost an entry.
+    When the heap has fewer entries than the pool has bookings it is made again
+    first: an interrupt (or another thread's reading) may have taken entries out.
+    Each heap operation is atomic; two loads reading at once can only miss a
+    candidate for a moment (they then wait one poll), never count one twice.
     """
     heap = pool._heap
     held = pool._held
-    if len(heap) > 2 * len(held) + 64:  # entries of steps gone: rebuild now and then
+    if len(heap) < len(held) or len(heap) > 2 * len(held) + 64:
         _rebuild(pool)
-    victims = _scan(pool, needed)
-    if victims:
-        return victims
-    _rebuild(pool)
     return _scan(pool, needed)
 
 
 def _rebuild(pool: Budget) -> None:
     entries = [
         (_last_use(lc), number, weakref.ref(lc))
-        for lc, (_, number) in tuple(pool._held.items())
+        for lc, (_, number, _) in tuple(pool._held.items())
         if lc._state is State.LOADED
     ]
     heapq.heapify(entries)
@@ -292,9 +310,10 @@ def _scan(pool: Budget, needed: float) -> list[Lifecycle]:
             heapq.heappush(heap, (used, entry[1], entry[2]))
             continue
         taken.append(entry)
-        if other._idle():
+        booking = held.get(other)
+        if booking is not None and other._idle() and other not in victims:
             victims.append(other)
-            freed += held[other][0]
+            freed += booking[0]
     for entry in taken:  # they stay candidates (an eviction's unload drops its entry)
         heapq.heappush(heap, entry)
     return victims if freed >= needed else []
@@ -316,13 +335,10 @@ def loaded(lc: Lifecycle) -> None:
     pool = lc._booked
     if pool is None:
         return
-    _lock()
-    try:
-        booking = pool._held.get(lc)
-        if booking is not None:
-            heapq.heappush(pool._heap, (_last_use(lc), booking[1], weakref.ref(lc)))
-    finally:
-        _LOCK.release()
+    booking = pool._held.get(lc)
+    if booking is not None:
+        pool._held[lc] = (booking[0], booking[1], True)  # decided, whatever cut the load short
+        heapq.heappush(pool._heap, (_last_use(lc), booking[1], weakref.ref(lc)))
 
 
 def give_back(lc: Lifecycle) -> None:
@@ -339,13 +355,90 @@ def give_back(lc: Lifecycle) -> None:
 
 
 def _exceeded(
-    lc: Lifecycle, pool: Budget, amount: float, timeout: float | None, alone: bool = False
+    lc: Lifecycle,
+    pool: Budget,
+    amount: float,
+    timeout: float | None,
+    alone: bool = False,
+    pinned: bool = False,
 ) -> BudgetExceededError:
-    held = [(other.name, cost, other._why_kept()) for other, (cost, _) in pool._held.items()]
-    waited = None if alone else timeout
+    held = [
+        (
+            other.name,
+            cost,
+            "a guarded call on this thread"
+            if pinned and other._token is not None and _drain.holds(other._token)
+            else other._why_kept(),
+        )
+        for other, (cost, _, _) in tuple(pool._held.items())
+    ]
+    waited = None if alone else (0.0 if pinned else timeout)
     return BudgetExceededError(
         lc.name, lc.state, pool.name, pool.capacity, pool.used, amount, held, waited
     )
+
+
+def _after_fork() -> None:
+    """In a forked child: no step is loaded, so no pool counts anything; no timer runs."""
+    for pool in tuple(_POOLS.values()):
+        pool._held.clear()
+        pool._heap.clear()
+    _IDLE.clear()
+    _IDLE_THREAD.clear()
+
+
+# ------------------------------------------------------------- idle unloading
+
+#: steps with an idle timeout, as (when to look, booking number, step, its load's token id)
+_IDLE: Final[list[tuple[float, int, weakref.ref[Lifecycle], int]]] = []
+_IDLE_WAKE: Final = threading.Event()
+_IDLE_THREAD: Final[list[threading.Thread]] = []  # the timer thread of this process
+
+
+def watch_idle(lc: Lifecycle) -> None:
+    """``lc`` finished a load and has an idle timeout: the timer thread looks at it when due."""
+    timeout = lc.idle_timeout
+    if timeout is None:
+        return
+    entry = (_last_use(lc) + timeout, next(_SEQUENCE), weakref.ref(lc), id(lc._token))
+    heapq.heappush(_IDLE, entry)
+    _IDLE_WAKE.set()
+    threads = _IDLE_THREAD
+    if not threads or not threads[0].is_alive():  # the first, or a forked child's
+        thread = threading.Thread(target=_idle_loop, name="stepfsm-idle", daemon=True)
+        threads[:] = [thread]
+        thread.start()
+
+
+def _idle_loop() -> None:
+    """The timer thread: unload each step whose idle timeout passed, when it is idle."""
+    while True:
+        _IDLE_WAKE.clear()
+        wait = _idle_due(_monotonic())
+        _IDLE_WAKE.wait(wait)
+
+
+def _idle_due(now: float) -> float | None:
+    """Unload the steps due by ``now``; the seconds until the next one is (``None``: none)."""
+    while _IDLE:
+        entry = heapq.heappop(_IDLE)
+        if entry[0] > now:  # not yet: put it back
+            heapq.heappush(_IDLE, entry)
+            return entry[0] - now
+        lc = entry[2]()
+        if lc is None or lc._state is not State.LOADED or id(lc._token) != entry[3]:
+            continue  # unloaded, or loaded again since: that load has an entry of its own
+        timeout = lc.idle_timeout
+        if timeout is None:
+            continue
+        due = _last_use(lc) + timeout
+        if due > now or not lc._idle():  # used since, or held, busy, in an operation
+            later = due if due > now else now + timeout
+            heapq.heappush(_IDLE, (later, entry[1], entry[2], entry[3]))
+            continue
+        if not lc._evict_for(f"idle for {timeout:g} s") and lc._state is State.LOADED:
+            heapq.heappush(_IDLE, (now + timeout, entry[1], entry[2], entry[3]))  # busy now
+    return None
 
 
 def _view() -> tuple[registry.PoolStatus, ...]:
@@ -356,3 +449,5 @@ def _view() -> tuple[registry.PoolStatus, ...]:
 
 
 registry.show_pools(_view)
+registry.ON_FORGET.append(give_back)  # a step that died while loaded
+registry.at_fork(_after_fork)

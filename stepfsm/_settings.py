@@ -55,7 +55,9 @@ OnUnloadedUse = Literal["raise", "warn", "ignore"]
 OnLeak = Literal["raise", "warn", "ignore"]
 Listener = Callable[["Lifecycle", "TransitionRecord"], object]
 #: The settings :func:`resolve` knows, and the type of each.
-Setting = Literal["on_repeat", "on_unloaded_use", "timeout", "on_leak", "drain_timeout"]
+Setting = Literal[
+    "on_repeat", "on_unloaded_use", "timeout", "on_leak", "drain_timeout", "idle_timeout"
+]
 
 POLICIES: Final = frozenset(get_args(OnRepeat))
 
@@ -67,10 +69,19 @@ LOADED_FLAG: Final = "__stepfsm_loaded__"
 
 
 class _Settings:
-    __slots__ = ("drain_timeout", "history", "on_leak", "on_repeat", "on_unloaded_use", "timeout")
+    __slots__ = (
+        "drain_timeout",
+        "history",
+        "idle_timeout",
+        "on_leak",
+        "on_repeat",
+        "on_unloaded_use",
+        "timeout",
+    )
 
     def __init__(self) -> None:
         self.drain_timeout: float | None = None  # None: the timeout in force
+        self.idle_timeout: float | None = None  # None: loaded steps never unload by themselves
         self.on_leak: OnLeak = "warn"
         self.on_repeat: OnRepeat = "raise"
         self.on_unloaded_use: OnUnloadedUse = "raise"
@@ -96,6 +107,7 @@ class Layer:
     __slots__ = (
         "drain_timeout",
         "home",
+        "idle_timeout",
         "on_leak",
         "on_repeat",
         "on_unloaded_use",
@@ -106,6 +118,7 @@ class Layer:
     def __init__(self, home: str | None = None) -> None:
         self.home = home
         self.drain_timeout: float | None = None
+        self.idle_timeout: float | None = None
         self.on_leak: OnLeak | None = None
         self.on_repeat: OnRepeat | None = None
         self.on_unloaded_use: OnUnloadedUse | None = None
@@ -122,6 +135,7 @@ class Layer:
             "timeout": self.timeout,
             "on_leak": self.on_leak,
             "drain_timeout": self.drain_timeout,
+            "idle_timeout": self.idle_timeout,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -170,6 +184,8 @@ class ClassConfig(NamedTuple):
     drain_timeout: float | None = None
     #: what a load books in a budget: (pool, amount) or a callable (docs/design.md §12)
     cost: Any = None
+    #: seconds a loaded step nobody holds stays loaded without use (None: forever)
+    idle_timeout: float | None = None
 
 
 def class_config(cls: type) -> ClassConfig | None:
@@ -304,6 +320,7 @@ def configure(
     history: int = _UNSET,
     on_leak: OnLeak = _UNSET,
     drain_timeout: float | None = _UNSET,
+    idle_timeout: float | None = _UNSET,
 ) -> Configured:
     """Change the process-wide defaults; class and instance settings still win.
 
@@ -322,6 +339,9 @@ def configure(
         drain_timeout: seconds an unload waits for guarded calls still running
             on other threads or tasks before ``StepInUseError`` (the unload
             code does not run); ``None`` means the ``timeout`` in force.
+        idle_timeout: seconds a loaded step that nobody holds stays loaded
+            without a load or guarded call before stepfsm unloads it; ``None``
+            (the default) never does.
 
     Returns:
         A :class:`Configured` handle; ``with configure(...):`` restores on exit.
@@ -343,6 +363,8 @@ def configure(
         changes["on_leak"] = on_leak
     if drain_timeout is not _UNSET:
         changes["drain_timeout"] = check_timeout(drain_timeout, "drain_timeout")
+    if idle_timeout is not _UNSET:
+        changes["idle_timeout"] = check_timeout(idle_timeout, "idle_timeout")
     if history is not _UNSET:
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be a whole number >= 1, not {history!r}")

@@ -94,6 +94,7 @@ def _class_options(cls: type) -> dict[str, Any] | None:
         "timeout": cfg.timeout,
         "on_leak": cfg.on_leak,
         "drain_timeout": cfg.drain_timeout,
+        "idle_timeout": cfg.idle_timeout,
     }
     return {key: value for key, value in options.items() if value not in (None, ())}
 

@@ -286,6 +286,7 @@ class Lifecycle:
         "_history",
         "_hold_key",
         "_holds",
+        "_keep_booking",
         "_last_release",
         "_listeners",
         "_load_s",
@@ -347,6 +348,7 @@ class Lifecycle:
         self._cost: _budget.CostSetting | None = None  # the instance's cost (not a setting:
         self._booked: _budget.Budget | None = None  # per process), and the pool counting it
         self._reason: str | None = None  # why stepfsm runs the current transition (eviction)
+        self._keep_booking = False  # a reload between its unload and its load
 
     # ------------------------------------------------------------------ facts
 
@@ -507,6 +509,22 @@ class Lifecycle:
     def drain_timeout(self, value: float | None) -> None:
         self._setting("drain_timeout", check_timeout(value, "drain_timeout"))
 
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds the step, loaded and held by nobody, stays loaded without use.
+
+        Use is a load or a guarded call; then stepfsm unloads it (one timer
+        thread for the whole process). ``None``: never (the default). A load
+        schedules its first look with the timeout in force then; a later change
+        counts from the next look (or the next load).
+        """
+        value: float | None = resolve("idle_timeout", self._own, self._cfg)
+        return value
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        self._setting("idle_timeout", check_timeout(value, "idle_timeout"))
+
     def __repr__(self) -> str:
         since = self.since
         when = f" since {since:%H:%M:%S}" if since else ""
@@ -615,6 +633,7 @@ class Lifecycle:
                 raise self._in_use("reload")
             if state is _LOADED:
                 unload = self._user_fn(self._cfg.unload)
+                self._keep_booking = True  # a budget keeps the room for the load again
                 self._unload_now(claim, "reload", unload, (), {}, not force)
             if self._state is _FAILED:
                 self._cleanup_before_load(claim)
@@ -625,6 +644,10 @@ class Lifecycle:
             self._on_error(claim, error)
             raise
         finally:
+            if self._keep_booking:
+                self._keep_booking = False
+                if self._booked is not None and self._state is not _LOADED:
+                    _budget.give_back(self)
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
             if self._released is not None or _rel.DEFERRED.checks:  # outside the claim
@@ -1196,6 +1219,7 @@ class Lifecycle:
                 self._fail(error if error is not None else interrupted(self.name, "unload"))
         self._ret = None
         self._reason = None
+        self._keep_booking = False
         if self._state is _LOADED:
             if owner is not None:
                 registry.mark_loaded(self, owner, self._config)
@@ -1464,6 +1488,8 @@ class Lifecycle:
         self._error = self._cleanup_error = None
         if self._booked is not None:
             _budget.loaded(self)
+        if isinstance(self._token, registry.UsedToken) and self.idle_timeout is not None:
+            _budget.watch_idle(self)
 
     def _finish_unload(self) -> None:
         self._fire("finish_unload")
@@ -1531,7 +1557,7 @@ class Lifecycle:
                 owner = self.owner_ref()
                 if owner is not None:  # the guards' flag comes last
                     registry.mark_loaded(self, owner, self._config)
-            elif self._booked is not None:  # unloaded or failed: no longer counted
+            elif self._booked is not None and not self._keep_booking:  # no longer counted
                 _budget.give_back(self)
         history = self._history
         if history is None:
@@ -1801,7 +1827,10 @@ class Lifecycle:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
             if self._released is not None or _rel.DEFERRED.checks:  # outside the claim
-                self._check_release()
+                try:
+                    self._check_release()
+                except ResourceLeakError as leak:  # the victim's, not the loader's, failure
+                    log.warning("%s", leak)
 
     def _idle_claimed(self) -> bool:
         """:meth:`_idle`, with this thread holding the claim."""
@@ -1868,6 +1897,7 @@ class Lifecycle:
         self._error = self._cleanup_error = None
         self._history = None
         self._since = None
+        self._booked = None  # the budgets start over too (``_budget``'s fork hook)
 
 
 def _detached(error: BaseException) -> BaseException:
@@ -1988,6 +2018,9 @@ def enter_call(obj: object, operation: str) -> _drain.Call | None:
     call = _drain.Call(operation, _aio.current_task(), calls)
     calls.append(call)
     if lc._state is _LOADED:
+        token = lc._token
+        if isinstance(token, registry.UsedToken):
+            token.used = _monotonic()  # a use, for a budget or an idle timeout
         return call
     leave_call(call)
     return None
@@ -2011,6 +2044,9 @@ async def aenter_call(obj: object, operation: str) -> _drain.Call:
         await lc.arequire_loaded(operation)
         calls.append(call)
         state = lc._state
+        token = lc._token
+        if isinstance(token, registry.UsedToken):
+            token.used = _monotonic()
         if state is not _UNLOADING and state is not _LOADING:
             return call  # loaded, or a state the on_unloaded_use policy lets it use
         if lc._in_task() is not None:

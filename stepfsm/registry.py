@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUNNING",
+    "ON_FORGET",
     "OwnerRef",
     "PoolStatus",
     "Status",
@@ -113,7 +114,7 @@ def _forget(
     if _loaded.get(ref.key) is ref:
         del _loaded[ref.key]
     token = _TOKENS.get(ref.key)
-    if token is not None and token.owner is ref:
+    if token is not None and _ref_of(token) is ref:
         _TOKENS.pop(ref.key, None)
     entry = _live.get(ref.key)
     if entry is not None and entry.owner_ref is ref:
@@ -121,6 +122,8 @@ def _forget(
         _unindex(ref.key, entry)
         _snapshot.drop(ref.key)
         _live.pop(ref.key, None)
+        for hook in ON_FORGET:
+            hook(entry)
 
 
 def owner_ref(obj: object) -> OwnerRef:
@@ -224,6 +227,20 @@ class UsedToken(Token):
         return self.ref()
 
 
+def _ref_of(token: Token) -> OwnerRef:
+    """The weak reference to the step a token stands for (without noting a use)."""
+    return token.ref if isinstance(token, UsedToken) else token.owner
+
+
+#: called with the lifecycle of each step that died (``_budget`` gives its booking back)
+ON_FORGET: Final[list[Callable[[Lifecycle], None]]] = []
+
+
+def _token_class(lc: Lifecycle) -> type[Token]:
+    """What a load's token is: one that notes each use for a budget or an idle timeout."""
+    return Token if lc._booked is None and lc.idle_timeout is None else UsedToken
+
+
 def tokens_table() -> dict[int, Token]:
     """``id(step) -> Token`` of the loaded steps (read-only; slotted classes' guards)."""
     return _TOKENS
@@ -245,7 +262,7 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
     token = lc._token
     if _LOADED.get(key) is not lc.owner_ref:  # not again for a step marked already
         # a new load: earlier loads' calls are not its; a booked step's notes each use
-        token = lc._token = (Token if lc._booked is None else UsedToken)(lc.owner_ref)
+        token = lc._token = _token_class(lc)(lc.owner_ref)
         _ORDER[key] = next(_SEQUENCE)  # (a refused operation's recovery marks it again)
         if config is not None:
             bucket = (type(owner), config[0])
@@ -255,7 +272,7 @@ def mark_loaded(lc: Lifecycle, owner: object, config: tuple[Hashable, object] | 
                 entries.append(lc)
         _LOADED[key] = lc.owner_ref
     if token is None:
-        token = lc._token = (Token if lc._booked is None else UsedToken)(lc.owner_ref)
+        token = lc._token = _token_class(lc)(lc.owner_ref)
     attrs = getattr(owner, "__dict__", None)
     if isinstance(attrs, dict):
         attrs[LOADED_FLAG] = token
@@ -271,7 +288,7 @@ def mark_unloaded(lc: Lifecycle, owner: object | None) -> None:
             attrs.pop(LOADED_FLAG, None)
     key = lc.owner_ref.key
     token = _TOKENS.get(key)
-    if token is not None and token.owner is lc.owner_ref:
+    if token is not None and _ref_of(token) is lc.owner_ref:
         del _TOKENS[key]
     if _LOADED.get(key) is lc.owner_ref:
         del _LOADED[key]

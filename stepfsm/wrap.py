@@ -71,6 +71,7 @@ OPTIONS: Final = (
     "on_leak",
     "drain_timeout",
     "cost",
+    "idle_timeout",
 )
 
 
@@ -90,6 +91,7 @@ def stateful(
     on_leak: OnLeak | None = None,
     drain_timeout: float | None = None,
     cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
+    idle_timeout: float | None = None,
 ) -> Callable[[C], C]: ...
 
 
@@ -106,6 +108,7 @@ def stateful(
     on_leak: OnLeak | None = None,
     drain_timeout: float | None = None,
     cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
+    idle_timeout: float | None = None,
 ) -> C | Callable[[C], C]:
     """Give a class (and every subclass) an explicit, thread-safe lifecycle.
 
@@ -140,6 +143,8 @@ def stateful(
         cost: what each load books in a budget (``stepfsm.budget``):
             ``(pool, amount)``, e.g. ``("gpu:0", 8 * 2**30)``, or a callable
             taking the step and returning that, called before each load.
+        idle_timeout: seconds a loaded step nobody holds stays loaded without
+            use before stepfsm unloads it (default: never).
 
     Raises:
         DefinitionError: the class has no such load/unload method, or it is a
@@ -157,6 +162,7 @@ def stateful(
         "on_leak": on_leak,
         "drain_timeout": drain_timeout,
         "cost": cost,
+        "idle_timeout": idle_timeout,
     }
 
     def apply(target: C) -> C:
@@ -206,6 +212,7 @@ def make_stateful(
     on_leak: OnLeak | None = None,
     drain_timeout: float | None = None,
     cost: Any = None,
+    idle_timeout: float | None = None,
     before_load: Callable[[Any], None] | None = None,
     layer: Layer | None = None,
 ) -> ClassConfig:
@@ -226,6 +233,7 @@ def make_stateful(
         checked_timeout = check_timeout(timeout)
         checked_drain = check_timeout(drain_timeout, "drain_timeout")
         checked_cost = _budget.check_cost(cost)
+        checked_idle = check_timeout(idle_timeout, "idle_timeout")
     except (TypeError, ValueError) as error:
         raise bad_option(cls, str(error)) from None
     cfg = ClassConfig(
@@ -244,6 +252,7 @@ def make_stateful(
         on_leak=on_leak or parent.on_leak,
         drain_timeout=checked_drain if checked_drain is not None else parent.drain_timeout,
         cost=checked_cost if checked_cost is not None else parent.cost,
+        idle_timeout=checked_idle if checked_idle is not None else parent.idle_timeout,
     )
     _check_definition(cls, cfg)
     patch(cls, "__stepfsm__", cfg)

@@ -22,7 +22,7 @@ def test_demo_tells_the_distilabel_story(
         {"demo": ["-m", "stepfsm", "demo", "--color", "never"]}, timeout=120
     ).values()
     assert returncode == 0, output[-3000:]
-    story = " ".join(output[output.find("9. distilabel") :].split())  # undo the wrapping
+    story = " ".join(output[output.find("10. distilabel") :].split())  # undo the wrapping
     for expected in (
         "NotLoadedError: OfflineLLM at 0x",
         "AlreadyLoadedError: OfflineLLM at 0x",
