@@ -33,6 +33,7 @@ import itertools
 import logging
 import math
 import numbers
+import operator
 import random
 import threading
 import time
@@ -69,6 +70,7 @@ log: Final = logging.getLogger("stepfsm")
 _ROOM: Final = threading.Event()
 _POOLS: Final[dict[str, Budget]] = {}
 _SEQUENCE: Final = itertools.count()
+_COST: Final = operator.itemgetter(0)
 #: how often a load waiting for room looks again (a call ending notifies nobody)
 _POLL: Final = 0.01
 
@@ -253,7 +255,9 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
 
 def _total(pool: Budget) -> float:
     """Every booking of ``pool``, decided or not: what a load decides against."""
-    return sum(cost for cost, _, _ in tuple(pool._held.values()))
+    # one C loop (no Python code runs in it, so no other thread changes the dict meanwhile)
+    total: float = sum(map(_COST, pool._held.values()))
+    return total
 
 
 def _pinned(pool: Budget) -> float:
@@ -261,10 +265,13 @@ def _pinned(pool: Budget) -> float:
 
     Waiting for them would wait for this thread itself.
     """
+    tokens = _drain.held_here()  # one walk of this thread's stack
+    if not tokens:
+        return 0
     return sum(
         cost
         for lc, (cost, _, _) in tuple(pool._held.items())
-        if lc._token is not None and _drain.holds(lc._token)
+        if any(token is lc._token for token in tokens)
     )
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType, GeneratorType
 from typing import Any, Final, NamedTuple
 
-__all__ = ["HOLDER", "Call", "RunningCall", "holds", "register", "stale", "wait"]
+__all__ = ["HOLDER", "Call", "RunningCall", "held_here", "holds", "register", "stale", "wait"]
 
 #: The local variable in which a guarded call holds the step's token.
 HOLDER: Final = "_stepfsm_t"
@@ -96,15 +96,20 @@ def _forget(key: int, ref: weakref.ref[CodeType]) -> None:
 
 
 def holds(token: object) -> int:
-    """How many guarded calls on this thread's stack hold ``token``.
+    """How many guarded calls on this thread's stack hold ``token``."""
+    if token is None:  # no load's token: a frame whose variable is None holds nothing
+        return 0
+    return sum(held is token for held in held_here())
+
+
+def held_here() -> list[object]:
+    """The tokens the guarded calls on this thread's stack hold, one per call.
 
     Reading a running frame's locals makes a snapshot dict that the frame
     keeps (CPython before 3.13): its entry is set to ``None``, or it would be
     one more reference to the token.
     """
-    if token is None:  # no load's token: a frame whose variable is None holds nothing
-        return 0
-    count = 0
+    found: list[object] = []
     frame: FrameType | None = _getframe(1)
     codes = _CODES
     while frame is not None:
@@ -112,12 +117,13 @@ def holds(token: object) -> int:
         ref = codes.get(id(code))
         if ref is not None and ref() is code:
             values = frame.f_locals
-            if values.get(HOLDER) is token:
-                count += 1
+            token = values.get(HOLDER)
+            if token is not None:
+                found.append(token)
                 if type(values) is dict:  # a snapshot, not the frame's own variables
                     values[HOLDER] = None
         frame = frame.f_back
-    return count
+    return found
 
 
 def stale(token: object, owner: object) -> int:
