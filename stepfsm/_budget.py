@@ -255,8 +255,10 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
 
 def _total(pool: Budget) -> float:
     """Every booking of ``pool``, decided or not: what a load decides against."""
-    # one C loop (no Python code runs in it, so no other thread changes the dict meanwhile)
-    total: float = sum(map(_COST, pool._held.values()))
+    # a copy first: tuple() of a dict view allocates nothing per item, so no garbage
+    # collection (and no finalizer, and no other thread) runs while it reads; the sum
+    # allocates, and a collection's callbacks could change the dict under it
+    total: float = sum(map(_COST, tuple(pool._held.values())))
     return total
 
 
