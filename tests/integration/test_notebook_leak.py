@@ -112,7 +112,9 @@ def test_a_model_kept_by_out_is_named_then_a_clean_cycle_and_flat_rss(
         f"{rss[-1]:.1f} MiB; growth {growth:+.1f} MiB ({growth / model:+.1%} of the model)"
     )
     assert model > 50, figures  # all-MiniLM-L6-v2: ~87 MiB of float32 weights
-    assert growth <= 0.10 * model, figures
+    # a leaked copy of the model is ~100% of it; the allocator alone has stepped RSS
+    # by ~8 MiB once in 21 cycles (glibc growing an arena: 10% of the model failed CI)
+    assert growth <= 0.25 * model, figures
     # and no creeping: the trend over the last 15 cycles (a least-squares slope, which
     # the allocator's +-2 MiB from one cycle to the next does not move much); a leak
     # of even 1 MiB per cycle has a slope of 1
