@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 import numbers
 import operator
@@ -65,7 +64,6 @@ Cost = tuple[str, float]
 CostSetting = Cost | Callable[[Any], Cost]
 
 _monotonic: Final = time.monotonic
-log: Final = logging.getLogger("stepfsm")
 #: set when room may have come free (a step unloaded, a capacity changed)
 _ROOM: Final = threading.Event()
 _POOLS: Final[dict[str, Budget]] = {}
@@ -270,11 +268,12 @@ def _pinned(pool: Budget) -> float:
     tokens = _drain.held_here()  # one walk of this thread's stack
     if not tokens:
         return 0
-    return sum(
-        cost
-        for lc, (cost, _, _) in tuple(pool._held.items())
-        if any(token is lc._token for token in tokens)
-    )
+    return sum(cost for lc, (cost, _, _) in tuple(pool._held.items()) if _holds_one(tokens, lc))
+
+
+def _holds_one(tokens: list[object], lc: Lifecycle) -> bool:
+    """Whether ``tokens`` (from ``_drain.held_here()``) include ``lc``'s load's token."""
+    return any(token is lc._token for token in tokens)
 
 
 def _victims(pool: Budget, needed: float) -> list[Lifecycle]:
@@ -371,13 +370,12 @@ def _exceeded(
     alone: bool = False,
     pinned: bool = False,
 ) -> BudgetExceededError:
+    mine = _drain.held_here() if pinned else []  # one walk of this thread's stack
     held = [
         (
             other.name,
             cost,
-            "a guarded call on this thread"
-            if pinned and other._token is not None and _drain.holds(other._token)
-            else other._why_kept(),
+            "a guarded call on this thread" if _holds_one(mine, other) else other._why_kept(),
         )
         for other, (cost, _, _) in tuple(pool._held.items())
     ]

@@ -1770,16 +1770,18 @@ class Lifecycle:
 
     def _idle(self) -> bool:
         """Whether a budget may evict the step now (``docs/design.md`` §12)."""
-        token = self._token
         return (
-            self._state is _LOADED
-            and not self._holds
-            and self.owner_ref() is not None
+            self.owner_ref() is not None
             and not _operating(self)
             and not self._cfg.is_async  # its unload must be awaited: a load thread cannot
-            and (token is None or _getrefcount(token) <= 4)  # ours, the flag, local, argument
-            and not self._acalls
+            and self._idle_claimed()
         )
+
+    def _busy(self) -> bool:
+        """Whether a guarded call of the step runs now (its token held, or an async call)."""
+        token = self._token
+        return (token is not None and _getrefcount(token) > 4) or bool(self._acalls)  # ours,
+        # the flag, this local and the argument: 4 when no call holds the token
 
     def _why_kept(self) -> str:
         """Why a budget could not evict the step (``BudgetExceededError``)."""
@@ -1790,8 +1792,7 @@ class Lifecycle:
             return "held by " + ", ".join(self.holders)
         if self._cfg.is_async:
             return "an async step"
-        token = self._token
-        if (token is not None and _getrefcount(token) > 4) or self._acalls:
+        if self._busy():
             return "a guarded call running"
         return "in an operation" if _operating(self) else "idle"
 
@@ -1834,13 +1835,7 @@ class Lifecycle:
 
     def _idle_claimed(self) -> bool:
         """:meth:`_idle`, with this thread holding the claim."""
-        token = self._token
-        return (
-            self._state is _LOADED
-            and not self._holds
-            and (token is None or _getrefcount(token) <= 4)
-            and not self._acalls
-        )
+        return self._state is _LOADED and not self._holds and not self._busy()
 
     @property
     def cost(self) -> _budget.CostSetting | None:
