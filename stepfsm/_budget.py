@@ -32,7 +32,6 @@ import heapq
 import itertools
 import math
 import numbers
-import operator
 import random
 import threading
 import time
@@ -68,7 +67,6 @@ _monotonic: Final = time.monotonic
 _ROOM: Final = threading.Event()
 _POOLS: Final[dict[str, Budget]] = {}
 _SEQUENCE: Final = itertools.count()
-_COST: Final = operator.itemgetter(0)
 #: how often a load waiting for room looks again (a call ending notifies nobody)
 _POLL: Final = 0.01
 
@@ -84,20 +82,25 @@ class BudgetUse(NamedTuple):
 class Budget:
     """A resource pool: a name, a capacity, and the steps counted in it (:func:`budget`)."""
 
-    __slots__ = ("_heap", "_held", "capacity", "name")
+    __slots__ = ("_heap", "_held", "_meta", "capacity", "name")
 
     def __init__(self, name: str, capacity: float) -> None:
         self.name = name
         self.capacity = capacity
-        #: step -> (cost, booking number, decided: it fit when its load read the sum)
-        self._held: dict[Lifecycle, tuple[float, int, bool]] = {}
+        #: step -> cost: the bookings, decided or not. Its values are plain numbers, so
+        #: that their sum, which every load reads, is one C loop (``_total``)
+        self._held: dict[Lifecycle, float] = {}
+        #: step -> (booking number, decided: it fit when its load read the sum). Only
+        #: the steps in ``_held`` count; an entry left by an interrupted give-back is stale
+        self._meta: dict[Lifecycle, tuple[int, bool]] = {}
         #: (last use seen, booking number, weak reference to the lifecycle)
         self._heap: list[tuple[float, int, weakref.ref[Lifecycle]]] = []
 
     @property
     def used(self) -> float:
         """The sum of the costs booked now (by loading, loaded and unloading steps)."""
-        return sum(cost for cost, _, decided in tuple(self._held.values()) if decided)
+        meta = self._meta
+        return sum(cost for lc, cost in tuple(self._held.items()) if _decided(meta, lc))
 
     @property
     def free(self) -> float:
@@ -107,8 +110,10 @@ class Budget:
     @property
     def steps(self) -> tuple[BudgetUse, ...]:
         """The steps counted in the pool, in the order they booked."""
-        held = tuple(self._held.items())  # one C call: no lock needed for a snapshot
-        return tuple(BudgetUse(lc.name, cost, lc.state.value) for lc, (cost, _, ok) in held if ok)
+        held, meta = tuple(self._held.items()), self._meta  # one C call: a snapshot, no lock
+        return tuple(
+            BudgetUse(lc.name, cost, lc.state.value) for lc, cost in held if _decided(meta, lc)
+        )
 
     def __repr__(self) -> str:
         count = len(self._held)
@@ -116,6 +121,11 @@ class Budget:
         return (
             f"<Budget {self.name!r}: {used} of {capacity} used, {count} step{'s' * (count != 1)}>"
         )
+
+
+def _decided(meta: dict[Lifecycle, tuple[int, bool]], lc: Lifecycle) -> bool:
+    entry = meta.get(lc)
+    return entry is not None and entry[1]
 
 
 def budget(name: str, capacity: float) -> Budget:
@@ -217,7 +227,7 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
             f"The cost of {lc.name} names the budget {name!r}, which is not declared in this "
             f"process (declared: {declared}). Call stepfsm.budget({name!r}, capacity) first."
         )
-    held = pool._held
+    held, meta = pool._held, pool._meta
     if lc._booked is pool and lc in held:
         return  # booked already: a reload keeps its room
     deadline = None if timeout is None or timeout == math.inf else _monotonic() + timeout
@@ -228,12 +238,14 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
         _ROOM.clear()  # set again by whatever frees room from here on
         lc._booked = pool  # first: give_back() looks for a booking only if it is set
         number = next(_SEQUENCE)
-        held[lc] = (amount, number, False)  # undecided: counted by loads, not in ``used``
+        meta[lc] = (number, False)  # undecided: counted by loads, not in ``used``
+        held[lc] = amount  # counted from here on
         used = _total(pool)
         if used <= pool.capacity:
-            held[lc] = (amount, number, True)
+            meta[lc] = (number, True)
             return
         held.pop(lc, None)  # over: out again, then make room or wait
+        meta.pop(lc, None)
         lc._booked = None
         if amount > pool.capacity - _pinned(pool):
             raise _exceeded(lc, pool, amount, None, pinned=True)
@@ -253,10 +265,10 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
 
 def _total(pool: Budget) -> float:
     """Every booking of ``pool``, decided or not: what a load decides against."""
-    # a copy first: tuple() of a dict view allocates nothing per item, so no garbage
-    # collection (and no finalizer, and no other thread) runs while it reads; the sum
-    # allocates, and a collection's callbacks could change the dict under it
-    total: float = sum(map(_COST, tuple(pool._held.values())))
+    # a copy first: tuple() of a dict view is one C call, so no garbage collection (and
+    # no finalizer giving a booking back, and no other thread) changes the dict while it
+    # is read; the sum of plain ints and floats is a C loop too
+    total: float = sum(tuple(pool._held.values()))
     return total
 
 
@@ -268,7 +280,7 @@ def _pinned(pool: Budget) -> float:
     tokens = _drain.held_here()  # one walk of this thread's stack
     if not tokens:
         return 0
-    return sum(cost for lc, (cost, _, _) in tuple(pool._held.items()) if _holds_one(tokens, lc))
+    return sum(cost for lc, cost in tuple(pool._held.items()) if _holds_one(tokens, lc))
 
 
 def _holds_one(tokens: list[object], lc: Lifecycle) -> bool:
@@ -293,44 +305,51 @@ def _victims(pool: Budget, needed: float) -> list[Lifecycle]:
 
 
 def _rebuild(pool: Budget) -> None:
+    meta = pool._meta
+    for lc in tuple(meta):
+        if lc not in pool._held:
+            meta.pop(lc, None)  # left by an interrupted give-back
     entries = [
-        (_last_use(lc), number, weakref.ref(lc))
-        for lc, (_, number, _) in tuple(pool._held.items())
-        if lc._state is State.LOADED
+        (_last_use(lc), entry[0], weakref.ref(lc))
+        for lc in tuple(pool._held)
+        if lc._state is State.LOADED and (entry := meta.get(lc)) is not None
     ]
     heapq.heapify(entries)
     pool._heap[:] = entries  # one assignment: an interrupt leaves the old heap or this one
 
 
 def _scan(pool: Budget, needed: float) -> list[Lifecycle]:
-    heap = pool._heap
-    held = pool._held
+    heap, held, meta = pool._heap, pool._held, pool._meta
     taken: list[tuple[float, int, weakref.ref[Lifecycle]]] = []
     victims: list[Lifecycle] = []
     freed = 0.0
     while heap and freed < needed:
         entry = heapq.heappop(heap)
         other = entry[2]()
-        if other is None or not _current(entry, held):
+        if other is None or not _current(entry, held, meta):
             continue  # its step unloaded (or booked again: a newer entry stands for it)
         used = _last_use(other)
         if used > entry[0]:  # used since this entry was pushed: push it as it is now
             heapq.heappush(heap, (used, entry[1], entry[2]))
             continue
         taken.append(entry)
-        booking = held.get(other)
-        if booking is not None and other._idle() and other not in victims:
+        cost = held.get(other)
+        if cost is not None and other._idle() and other not in victims:
             victims.append(other)
-            freed += booking[0]
+            freed += cost
     for entry in taken:  # they stay candidates (an eviction's unload drops its entry)
         heapq.heappush(heap, entry)
     return victims if freed >= needed else []
 
 
-def _current(entry: tuple[float, int, weakref.ref[Lifecycle]], held: dict[Any, Any]) -> bool:
+def _current(
+    entry: tuple[float, int, weakref.ref[Lifecycle]],
+    held: dict[Lifecycle, float],
+    meta: dict[Lifecycle, tuple[int, bool]],
+) -> bool:
     other = entry[2]()
-    booking = held.get(other) if other is not None else None
-    return booking is not None and booking[1] == entry[1]
+    booking = meta.get(other) if other is not None and other in held else None
+    return booking is not None and booking[0] == entry[1]
 
 
 def _last_use(lc: Lifecycle) -> float:
@@ -343,21 +362,23 @@ def loaded(lc: Lifecycle) -> None:
     pool = lc._booked
     if pool is None:
         return
-    booking = pool._held.get(lc)
-    if booking is not None:
-        pool._held[lc] = (booking[0], booking[1], True)  # decided, whatever cut the load short
-        heapq.heappush(pool._heap, (_last_use(lc), booking[1], weakref.ref(lc)))
+    booking = pool._meta.get(lc)
+    if booking is not None and lc in pool._held:
+        pool._meta[lc] = (booking[0], True)  # decided, whatever cut the load short
+        heapq.heappush(pool._heap, (_last_use(lc), booking[0], weakref.ref(lc)))
 
 
 def give_back(lc: Lifecycle) -> None:
     """``lc`` ended ``unloaded`` or ``failed`` (or never began its load): return its cost.
 
     Idempotent; one ``pop`` changes the count, so an interrupt leaves it
-    either given back or not, and a later call finishes the job.
+    either given back or not, and a later call finishes the job (a stale
+    ``_meta`` entry counts nothing; the next booking or heap rebuild drops it).
     """
     pool = lc._booked
     if pool is not None:
         pool._held.pop(lc, None)  # atomic: no lock needed
+        pool._meta.pop(lc, None)
         lc._booked = None
     _ROOM.set()
 
@@ -377,7 +398,7 @@ def _exceeded(
             cost,
             "a guarded call on this thread" if _holds_one(mine, other) else other._why_kept(),
         )
-        for other, (cost, _, _) in tuple(pool._held.items())
+        for other, cost in tuple(pool._held.items())
     ]
     waited = None if alone else (0.0 if pinned else timeout)
     return BudgetExceededError(
@@ -389,6 +410,7 @@ def _after_fork() -> None:
     """In a forked child: no step is loaded, so no pool counts anything; no timer runs."""
     for pool in tuple(_POOLS.values()):
         pool._held.clear()
+        pool._meta.clear()
         pool._heap.clear()
     _IDLE.clear()
     _IDLE_THREAD.clear()

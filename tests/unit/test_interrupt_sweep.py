@@ -181,6 +181,9 @@ def check_settled(step: SweepStep, injector: Injector) -> None:
             f"budget {pool.name!r} counts {counted}, loaded {booked} ({where})"
         )
         assert pool.used <= pool.capacity, where
+        assert pool.used == sum(pool._held.values()), (
+            f"a loaded step's booking is undecided ({where})"
+        )
 
 
 def check_recovers(step: SweepStep, injector: Injector) -> None:
