@@ -240,7 +240,7 @@ async def areload(obj: object, force: bool = False) -> _Any:
     return await lifecycle(obj).areload(force)
 
 
-def aloaded(obj: _T) -> AsyncLoaded:
+def aloaded(obj: _T) -> AsyncLoaded[_T]:
     """``async with stepfsm.aloaded(step) as step:`` hold ``obj`` loaded for the block.
 
     Like :func:`loaded`: a step the block loaded is unloaded at the end.

@@ -44,6 +44,7 @@ __all__ = ["HOLDER", "Call", "RunningCall", "held_here", "holds", "register", "s
 #: The local variable in which a guarded call holds the step's token.
 HOLDER: Final = "_stepfsm_t"
 _getframe: Final = sys._getframe
+_time: Final = time.time
 
 
 class RunningCall(NamedTuple):
@@ -66,16 +67,10 @@ class RunningCall(NamedTuple):
         return f"{self.method}() in {self.where} (since {clock})"
 
 
-class Call:
-    """A guarded ``async def`` call in flight: its method, task, start, and the list it is on."""
-
-    __slots__ = ("home", "method", "since", "task")
-
-    def __init__(self, method: str, task: object, home: list[Call]) -> None:
-        self.method = method
-        self.task = task
-        self.since = time.time()
-        self.home = home
+#: A guarded ``async def`` call in flight: (method, task, start as ``time.time()``, the
+#: list it is on). A tuple: the async guard makes one per call, and a tuple costs a
+#: fraction of a class instance.
+Call = tuple[str, object, float, list[Any]]
 
 
 #: ``id(code)`` -> a weak reference to the code of a guarded call (inline guard,

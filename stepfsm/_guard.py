@@ -30,10 +30,11 @@ Three ways:
   generated function with the method's exact signature that does the same
   around a call of the original. A generator's steps run through
   :func:`_delegate`, which holds the token only while a step runs.
-* **Async** (``async def`` methods): a wrapper that lists the call on the
-  step's lifecycle while it runs (it is suspended most of that time, and its
-  own task may be the one that unloads), and whose slow path awaits a
-  transition instead of blocking the loop.
+* **Async** (``async def`` methods): the call is listed on the step's
+  lifecycle while it runs (it is suspended most of that time, and its own
+  task may be the one that unloads), and the slow path awaits a transition
+  instead of blocking the loop. Inline as above when the source allows (one
+  coroutine per call), else a generated ``async def`` wrapper.
 
 Each new function carries ``__stepfsm_original__`` (the method as written);
 the code objects that hold the token are registered with ``_drain``.
@@ -264,30 +265,42 @@ _FUTURE_FLAGS: Final = tuple(
     getattr(__future__, name).compiler_flag for name in __future__.all_feature_names
 )
 _SLOW: Final = "_stepfsm_slow"
+#: the async guard's helpers (``machine.enter_call`` and so on) and its local variable
+_ENTER: Final = "_stepfsm_enter"
+_ASLOW: Final = "_stepfsm_aslow"
+_LEAVE: Final = "_stepfsm_leave"
+_CALL: Final = "_stepfsm_call"
 _NESTED: Final = inspect.CO_NESTED
 _OUTER: Final = "_stepfsm_outer"
 
 
 def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None:
-    """``fn`` recompiled with the loaded check as its first statement, or ``None``."""
+    """``fn`` recompiled with the loaded check as its first statement, or ``None``.
+
+    An ``async def`` method gets the async guard's statements instead: its call
+    is listed on entry (awaiting a transition first if the step is not loaded)
+    and taken off the list when it returns.
+    """
     code = getattr(fn, "__code__", None)
     if (
         not isinstance(fn, types.FunctionType)
         or code is None
-        or inspect.iscoroutinefunction(fn)  # listed while it runs: the async wrapper
         or inspect.isgeneratorfunction(fn)  # holds the token only while a step runs
         or inspect.isasyncgenfunction(fn)
-        or _SLOW in code.co_freevars
+        or not {_SLOW, _ENTER, _ASLOW, _LEAVE}.isdisjoint(code.co_freevars)
         or _drain.HOLDER in code.co_varnames
+        or _CALL in code.co_varnames
     ):
         return None
+    is_async = inspect.iscoroutinefunction(fn)
     try:
         lines, first = inspect.getsourcelines(fn)
         tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
     node = tree.body[0] if len(tree.body) == 1 else None
-    if not isinstance(node, ast.FunctionDef) or node.decorator_list or node.name != code.co_name:
+    kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
+    if not isinstance(node, kind) or node.decorator_list or node.name != code.co_name:
         return None
     params = [*node.args.posonlyargs, *node.args.args]
     if not params:
@@ -297,12 +310,28 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     if not _same(_compile(node, code, imported), code):  # the source is not what runs
         return None
     me, hold = params[0].arg, _drain.HOLDER
-    check = ast.parse(
-        f"{hold} = {me}.{LOADED_FLAG}\nif not {hold}:\n    {hold} = {_SLOW}({me}, {operation!r})\n"
-    ).body
-    release = ast.parse(f"{hold} = None\n").body
+    if is_async:  # the statements of _ASYNC_TEMPLATE
+        start = ast.parse(f"{_CALL} = None\n").body
+        check = ast.parse(
+            f"{_CALL} = {_ENTER}({me}, {operation!r})\nif {_CALL} is None:\n"
+            f"    {_CALL} = await {_ASLOW}({me}, {operation!r})\n"
+        ).body
+        release = ast.parse(f"{_LEAVE}({_CALL})\n").body
+        helpers: dict[str, Any] = {
+            _ENTER: machine.enter_call,
+            _ASLOW: machine.aenter_call,
+            _LEAVE: machine.leave_call,
+        }
+    else:
+        start = []
+        check = ast.parse(
+            f"{hold} = {me}.{LOADED_FLAG}\nif not {hold}:\n"
+            f"    {hold} = {_SLOW}({me}, {operation!r})\n"
+        ).body
+        release = ast.parse(f"{hold} = None\n").body
+        helpers = {_SLOW: machine.require_loaded}
     at = node.body[0]
-    for part in (p for stmt in (*check, *release) for p in ast.walk(stmt)):
+    for part in (p for stmt in (*start, *check, *release) for p in ast.walk(stmt)):
         if isinstance(part, (ast.stmt, ast.expr)):  # the def line: tracebacks point there
             part.lineno = part.end_lineno = node.lineno
             part.col_offset, part.end_col_offset = at.col_offset, at.col_offset
@@ -310,13 +339,13 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     head, body = node.body[:1] if docstring else [], node.body[1:] if docstring else node.body
     held = ast.Try(body=[*check, *body], handlers=[], orelse=[], finalbody=release)
     ast.copy_location(held, release[0])
-    node.body = [*head, held]
+    node.body = [*head, *start, held]
     ast.fix_missing_locations(node)
-    guarded_code = _compile(node, code, imported, extra=(_SLOW,))
+    guarded_code = _compile(node, code, imported, extra=tuple(helpers))
     if guarded_code is None:
         return None
     cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=True))
-    cells[_SLOW] = types.CellType(machine.require_loaded)
+    cells.update((name, types.CellType(helper)) for name, helper in helpers.items())
     guard = types.FunctionType(
         guarded_code,
         fn.__globals__,
@@ -327,7 +356,8 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     guard.__kwdefaults__ = fn.__kwdefaults__
     functools.update_wrapper(guard, fn)
     guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
-    _drain.register(guarded_code)
+    if not is_async:  # an async call is listed instead
+        _drain.register(guarded_code)
     return guard
 
 
@@ -343,7 +373,7 @@ def _imported(code: types.CodeType, namespace: dict[str, Any]) -> list[str]:
 
 
 def _compile(
-    node: ast.FunctionDef,
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
     code: types.CodeType,
     imported: list[str],
     extra: tuple[str, ...] = (),

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar, cast
 
 from . import _aio, _budget, _drain, _engine, _settings, _snapshot, registry
 from . import _release as _rel  # the module (Lifecycle has a method _release)
@@ -113,6 +113,7 @@ _getrefcount: Final = sys.getrefcount
 _getframe: Final = sys._getframe
 _wall: Final = time.time
 _monotonic: Final = time.monotonic
+_current_task: Final = _aio.current_task
 _live_by_id: Final = registry.live_by_id
 _log_enabled: Final = log.isEnabledFor
 _running: Final = registry.RUNNING
@@ -849,7 +850,7 @@ class Lifecycle:
         await self._await_free("reload")
         return await _aio.in_thread(lambda: self.reload(force))
 
-    def aloaded(self) -> AsyncLoaded:
+    def aloaded(self) -> AsyncLoaded[Any]:
         """:meth:`loaded` for ``async with``: hold the step loaded, yield it."""
         return AsyncLoaded(self)
 
@@ -1748,9 +1749,9 @@ class Lifecycle:
                 if count > 0:
                     count -= stale
                 found += [_drain.RunningCall(None, None, began)] * max(count, 0)
-            for call in tuple(self._acalls or ()):
-                if call.task is not own_task or own_task is None:
-                    found.append(_drain.RunningCall(call.method, _task_name(call.task), call.since))
+            for method, task, since, _ in tuple(self._acalls or ()):
+                if task is not own_task or own_task is None:
+                    found.append(_drain.RunningCall(method, _task_name(task), since))
             return found
 
         still, waited = _drain.wait(find, self.drain_timeout)
@@ -2010,7 +2011,7 @@ def enter_call(obj: object, operation: str) -> _drain.Call | None:
     calls = lc._acalls
     if calls is None:
         calls = lc._calls()
-    call = _drain.Call(operation, _aio.current_task(), calls)
+    call = (operation, _current_task(), _wall(), calls)
     calls.append(call)
     if lc._state is _LOADED:
         token = lc._token
@@ -2032,8 +2033,8 @@ async def aenter_call(obj: object, operation: str) -> _drain.Call:
     calls = lc._calls()
     task = _aio.current_task()
     while True:
-        call = _drain.Call(operation, task, calls)
-        if lc._draining and any(c.task is task for c in tuple(calls)):
+        call = (operation, task, _wall(), calls)
+        if lc._draining and any(c[1] is task for c in tuple(calls)):
             calls.append(call)  # a running call's nested call: the unload waits for both
             return call
         await lc.arequire_loaded(operation)
@@ -2049,14 +2050,24 @@ async def aenter_call(obj: object, operation: str) -> _drain.Call:
         leave_call(call)  # an unload began meanwhile: wait for it
 
 
-def leave_call(call: _drain.Call) -> None:
-    """An async guarded call ended: take it off its lifecycle's list."""
-    with contextlib.suppress(ValueError):
-        call.home.remove(call)
+def leave_call(call: _drain.Call | None) -> None:
+    """An async guarded call ended: take it off its lifecycle's list (``None``: never listed)."""
+    if call is not None:
+        try:  # noqa: SIM105 (suppress() would cost an object per call)
+            call[3].remove(call)
+        except ValueError:  # taken off already
+            pass
 
 
-class AsyncLoaded:
-    """``async with lifecycle.aloaded():`` hold the step loaded for the block, yield it."""
+_Step = TypeVar("_Step")
+
+
+class AsyncLoaded(Generic[_Step]):
+    """``async with lifecycle.aloaded():`` hold the step loaded for the block, yield it.
+
+    Generic in the step's type: ``stepfsm.aloaded(step)`` yields ``step`` with its
+    own type (``Lifecycle.aloaded()`` does not know it: ``Any``).
+    """
 
     __slots__ = ("_lifecycle", "_token")
 
@@ -2064,7 +2075,7 @@ class AsyncLoaded:
         self._lifecycle = lc
         self._token = _ContextHold()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> _Step:
         lc = self._lifecycle
         lc._not_in_task("loaded")
         await lc._await_free("loaded")
@@ -2083,7 +2094,7 @@ class AsyncLoaded:
             if handoff.take_back():  # the hold is ours, but the block will not run
                 await _aio.in_thread(lambda: lc._release(token))
             raise
-        return lc.owner_ref()
+        return cast(_Step, lc.owner_ref())  # alive: this block holds it
 
     async def __aexit__(
         self,
@@ -2100,11 +2111,14 @@ class AsyncLoaded:
 
         await _aio.in_thread(release)
 
-    def __enter__(self) -> Any:
-        raise async_with_needed(self._lifecycle.name)
+    if not TYPE_CHECKING:  # at run time, a plain ``with`` says to write ``async with``;
+        # for a type checker, there is no ``__enter__``: it refuses the ``with`` itself
 
-    def __exit__(self, *exc: object) -> None:  # pragma: no cover - __enter__ always raises
-        return None
+        def __enter__(self) -> Any:
+            raise async_with_needed(self._lifecycle.name)
+
+        def __exit__(self, *exc: object) -> None:  # pragma: no cover - __enter__ raises
+            return None
 
 
 def _reset_in_child() -> None:

@@ -348,9 +348,20 @@ def _did_you_mean(cls: type, name: str, exclude: str = "") -> str:
 def _through(
     call: Callable[[object, Callable[..., Any], tuple[Any, ...], Any], Any],
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A maker of wrapped methods whose calls go through ``call(self, fn, args, kwargs)``."""
+    """A maker of wrapped methods whose calls go through ``call(self, fn, args, kwargs)``.
+
+    The methods are coroutine functions when ``call`` is one (an async step's load
+    and unload stay ``async def`` for ``inspect`` and for frameworks that ask).
+    """
 
     def make(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(call):
+
+            async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return await call(self, fn, args, kwargs)
+
+            return amethod
+
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             return call(self, fn, args, kwargs)
 

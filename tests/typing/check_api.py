@@ -39,6 +39,29 @@ def check_loaded(step: LLM) -> None:
         _ = held.nope  # type: ignore[attr-defined]  # the step's own type, not Any
 
 
+async def check_async(step: LLM) -> None:
+    async with stepfsm.aloaded(step) as held:
+        assert_type(held, LLM)
+        assert_type(held.generate("hi"), str)
+        _ = held.nope  # type: ignore[attr-defined]  # the step's own type, not Any
+    assert_type(stepfsm.aloaded(step), stepfsm.AsyncLoaded[LLM])
+    assert_type(await stepfsm.aensure_loaded(step), bool)
+    assert_type(await stepfsm.aload(step), Any)
+    assert_type(await stepfsm.aunload(step), Any)
+    assert_type(await stepfsm.aunload(step, force=True), Any)
+    assert_type(await stepfsm.areload(step), Any)
+    lc = stepfsm.lifecycle(step)
+    assert_type(await lc.aensure_loaded(), bool)
+    assert_type(await lc.aload(), Any)
+    assert_type(await lc.aunload(), Any)
+    assert_type(await lc.areload(force=True), Any)
+    assert_type(await lc.arequire_loaded(), None)
+    async with lc.aloaded() as any_held:  # typed Any, as lc.loaded()
+        assert_type(any_held, Any)
+    with stepfsm.aloaded(step):  # type: ignore[attr-defined]  # needs async with
+        pass
+
+
 def check_queries(step: LLM) -> None:
     assert_type(stepfsm.lifecycle(step), stepfsm.Lifecycle)
     assert_type(stepfsm.state(step), stepfsm.State)

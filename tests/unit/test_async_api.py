@@ -9,6 +9,7 @@ is refused with a message saying what to write instead.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from typing import Any
 
@@ -538,6 +539,24 @@ def test_sync_operation_on_an_async_step_is_refused_inside_a_coroutine_too() -> 
         assert step.loads == 0
 
     run(main())
+
+
+def test_an_async_steps_wrapped_load_and_unload_stay_coroutine_functions() -> None:
+    """``inspect`` (and frameworks that ask it) still sees ``async def`` load and unload."""
+    step = AsyncStep()
+    for fn in (AsyncStep.load, AsyncStep.unload, step.load, step.unload):
+        assert inspect.iscoroutinefunction(fn), fn
+        assert fn.__name__ in ("load", "unload")
+
+    async def main() -> None:
+        await step.load()
+        assert stepfsm.state(step) is State.LOADED
+        await step.unload()
+
+    run(main())
+    assert stepfsm.state(step) is State.UNLOADED
+    assert (step.loads, step.unloads) == (1, 1)
+    assert not inspect.iscoroutinefunction(SyncStep.load)
 
 
 def test_aload_of_an_object_that_is_not_stateful_is_a_type_error() -> None:

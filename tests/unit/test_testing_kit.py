@@ -7,6 +7,7 @@ cleanly. The classes live at module level so that pickling them works.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import re
@@ -94,7 +95,31 @@ class GoodMixin(Contract, stepfsm.Stateful):
     """The same contract through the Stateful mixin."""
 
 
+class GoodAsync(stepfsm.Stateful):
+    """The contract as an async step: ``async def`` load and unload (awaited by the kit)."""
+
+    def __init__(self) -> None:
+        self.res: Res | None = None
+
+    async def load(self) -> None:
+        await asyncio.sleep(0)  # a real suspension: other tasks run meanwhile
+        self.res = Res()
+
+    async def unload(self) -> None:
+        await asyncio.sleep(0)
+        if self.res is not None:
+            self.res.close()
+        self.res = None
+
+
 # ------------------------------------------------------------- broken classes
+
+
+class AsyncUnloadKeeps(GoodAsync):
+    """Broken: an async step whose unload forgets to release."""
+
+    async def unload(self) -> None:
+        await asyncio.sleep(0)
 
 
 class UnloadKeeps(Good):
@@ -197,7 +222,7 @@ class FailAfterAcquireLeaks(Good):
 
 @pytest.mark.parametrize(
     "factory",
-    [Good, GoodFirstLoadFails, GoodFailsAfterAcquiring, GoodMixin],
+    [Good, GoodFirstLoadFails, GoodFailsAfterAcquiring, GoodMixin, GoodAsync],
     ids=lambda cls: cls.__name__,
 )
 def test_check_lifecycle_passes_correct_classes(factory: type) -> None:
@@ -252,6 +277,7 @@ def test_check_lifecycle_passes_a_correct_pydantic_model() -> None:
     ("factory", "is_held", "expected"),
     [
         (UnloadKeeps, res_held, "unload() does not release it"),
+        (AsyncUnloadKeeps, res_held, "unload() does not release it"),
         (UnloadPartial, partial_held, "unload() does not release it (or not all of it)"),
         (LoadNoAcquire, res_held, "load() does not acquire it"),
         (SharedAcrossInstances, res_held, "the instances share one resource"),
