@@ -17,6 +17,8 @@ Every call is also checked against the reference model as it runs (fsm_driver.ac
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 from fsm_driver import NO_FAULT, Action, Subject, act, alphabet, dispose, observed_state, run
 from fsm_fakes import held, open_count
@@ -99,14 +101,16 @@ def test_reload_from_loaded_ends_loaded_with_exactly_one_resource(
     subject = run(history)
     if subject.config.state is not State.LOADED:
         act(subject, ("ensure_loaded", NO_FAULT))
-    old = subject.step.resource
+    # weakly: a strong reference would make the unload's release check see the old
+    # resource survive, and search the heap for its referrers (a full collection)
+    old = weakref.ref(subject.step.resource)
     op = "reload_force" if subject.config.holders.holds else "reload"
     result = act(subject, (op, NO_FAULT))
     assert result.ran == (("unload", "ok"), ("load", "ok"))
     assert stepfsm.state(subject.step) is State.LOADED
     assert held(subject.step)
     assert open_count(subject.step) == 1
-    assert subject.step.resource is not old
+    assert subject.step.resource is not old()
     dispose(subject)
 
 
@@ -128,4 +132,5 @@ def test_repeated_load_is_a_no_op_on_the_resource(
         assert result.warning is (stepfsm.RepeatedLoadWarning if policy == "warn" else None)
         assert subject.step.resource is resource
         assert open_count(subject.step) == 1
+    del resource  # else the unload's release check sees it survive (a heap search)
     dispose(subject)
