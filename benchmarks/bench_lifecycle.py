@@ -418,7 +418,11 @@ def _exact_guard(fn: Callable[[Any, int], int]) -> Callable[[Any, int], int]:
 
 
 class RefStep(FloorStep):
-    """Reference decorators around the same no-op method (the brief's 6-9x and 2-3x)."""
+    """Hand-written guard decorators around the same no-op method.
+
+    The ``*args/**kwargs`` and exact-signature wrapper rows of benchmarks/README.md: what
+    any guard wrapper costs, next to stepfsm's guarded call.
+    """
 
     @_generic_guard
     def process_generic(self, x: int) -> int:

@@ -109,6 +109,7 @@ def stateful(
     drain_timeout: float | None = None,
     cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
     idle_timeout: float | None = None,
+    **unknown: Any,
 ) -> C | Callable[[C], C]:
     """Give a class (and every subclass) an explicit, thread-safe lifecycle.
 
@@ -149,8 +150,8 @@ def stateful(
     Raises:
         DefinitionError: the class has no such load/unload method, or it is a
             coroutine, generator, static or class method; a ``guard`` name is
-            not an instance method; a policy is unknown; or instances cannot
-            be weakly referenced.
+            not an instance method; a policy or an option is unknown; or
+            instances cannot be weakly referenced.
     """
     options: dict[str, Any] = {
         "load": load,
@@ -168,6 +169,8 @@ def stateful(
     def apply(target: C) -> C:
         if not isinstance(target, type):
             raise not_a_class(target)
+        if unknown:  # as for Stateful's class keywords: name the accepted ones, and the likely one
+            raise unknown_options(target, sorted(unknown), OPTIONS)
         make_stateful(target, **options)
         if not issubclass(target, Stateful):
             _install_subclass_hook(target)
@@ -321,7 +324,7 @@ def _check_definition(cls: type, cfg: ClassConfig) -> None:
         raise same_methods(cls, cfg.load)
     for role, name, other in (("load", cfg.load, cfg.unload), ("unload", cfg.unload, cfg.load)):
         if not callable(getattr(cls, name, None)):
-            raise missing_method(cls, name, role, _did_you_mean(cls, name, exclude=other))
+            raise missing_method(cls, name, role, _did_you_mean_method(cls, name, other))
         kind = _kind(cls, name, cfg.is_async)
         if kind is not None:
             raise bad_method(cls, name, role, kind)
@@ -333,16 +336,44 @@ def _check_definition(cls: type, cfg: ClassConfig) -> None:
             raise guard_not_method(cls, name, _did_you_mean(cls, name))
 
 
-def _did_you_mean(cls: type, name: str, exclude: str = "") -> str:
-    candidates = [
-        n
-        for n in dir(cls)
-        if not n.startswith("__") and n != exclude and callable(getattr(cls, n, None))
-    ]
+def _did_you_mean(cls: type, name: str) -> str:
+    candidates = [n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))]
     import difflib  # lazily: only definition errors need it
 
     close = difflib.get_close_matches(name, candidates, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _did_you_mean_method(cls: type, name: str, other: str) -> str:
+    """A hint for a missing load (or unload) method ``name``: only a name that could be one.
+
+    A candidate starts with the word, after leading underscores and an optional ``a``
+    (``_load``, ``load_model``, ``aload``), or is the word mistyped (``laod``: as long
+    within one letter, and close); never the other method, nor a name with the other
+    method's word in it unless ours contains that word (``_unload`` is no load, but
+    ``unload`` contains ``load``). So ``download`` and ``reload`` are no load methods.
+    See docs/decisions.md, "The missing-method hint".
+    """
+    import difflib  # lazily: only definition errors need it
+
+    word, other_word = name.lstrip("_").lower(), other.lstrip("_").lower()
+
+    def closeness(candidate: str) -> float:
+        core = candidate.lstrip("_").lower()
+        if candidate == other or (other_word in core and other_word not in word):
+            return 0.0
+        ratio = difflib.SequenceMatcher(None, word, core).ratio()
+        if core.startswith((word, "a" + word)):
+            return 1.0 + ratio  # a variant of the word ranks above any typo
+        return ratio if abs(len(core) - len(word)) <= 1 and ratio >= 0.75 else 0.0
+
+    scored = [
+        (closeness(n), n)
+        for n in dir(cls)
+        if not n.startswith("__") and callable(getattr(cls, n, None))
+    ]
+    best = max((pair for pair in scored if pair[0] > 0), default=None, key=lambda p: p[0])
+    return f" Did you mean {best[1]!r}?" if best else ""
 
 
 def _through(

@@ -101,7 +101,7 @@ _UNLOADS: Final = frozenset(
     {"unload", "unload_force", "reload", "reload_force", "release"}
     | {"aunload", "aunload_force", "areload", "areload_force", "aexit"}
 )
-#: An async step's synchronous operations are refused (§10); the machine runs
+#: An async step's synchronous operations are refused (docs/design.md §10); the machine runs
 #: their awaited twins instead, and checks the refusal in a rule of its own.
 _AWAITED: Final[dict[str, AsyncOp]] = {
     "load": "aload",
@@ -299,8 +299,8 @@ class LifecycleMachine(RuleBasedStateMachine):
                 f"make()/factory() returned {type(obj).__qualname__}, which is not stateful: "
                 "decorate its class with @stepfsm.stateful or inherit stepfsm.Stateful."
             )
-        # A leak is not an outcome of the §2 table, and the kit's own records refer to what
-        # it drives: no release check (each survivor would cost a gc and a search).
+        # A leak is not an outcome of the docs/design.md §2 table, and the kit's own records
+        # refer to what it drives: no release check (each survivor would cost a gc and a search).
         lifecycle(obj).on_leak = "ignore"
         tracked = Tracked(obj, f"s{next(self._names)}", origin=origin)
         self._watch(tracked)
@@ -372,7 +372,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
         An awaited operation (``aload``...) runs on the machine's loop. On an
         async step, a synchronous load, unload, ensure_loaded or reload runs
-        as its awaited twin (the synchronous one is refused, §10).
+        as its awaited twin (the synchronous one is refused, docs/design.md §10).
 
         Returns the model's result for the call.
         """

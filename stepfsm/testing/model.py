@@ -5,7 +5,7 @@ result)``. Every state it moves to comes from :data:`stepfsm.states.TRANSITIONS`
 (through :func:`stepfsm.states.next_state`); which transitions an operation
 fires, and what it returns or raises, is docs/design.md §2. An awaited
 operation (``aload``, ...) is judged as its synchronous twin
-(:data:`~stepfsm.testing.SYNC_TWIN`): §10 adds no rule of its own.
+(:data:`~stepfsm.testing.SYNC_TWIN`): docs/design.md §10 adds no rule of its own.
 :func:`candidates` lists what an operation may do when the outcome is not known.
 """
 

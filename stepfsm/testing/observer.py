@@ -72,7 +72,7 @@ def new_caller() -> int:
 
 
 def is_async_step(obj: object) -> bool:
-    """Whether ``obj`` is an async step (its load and unload are ``async def``, §10)."""
+    """Whether ``obj`` is an async step (``async def`` load and unload, docs/design.md §10)."""
     # Known only to the class's stepfsm configuration, which has no public reader.
     return bool(getattr(getattr(type(obj), "__stepfsm__", None), "is_async", False))
 
@@ -276,8 +276,8 @@ def mismatches(result: Result, op: AnyOp, observed: Observed) -> list[str]:
         problems.append(f"it raised {_name(got)}{detail}, expected {_name(result.error)}")
     if op == "ensure_loaded" and result.error is None and observed.returned != result.returned:
         problems.append(f"it returned {observed.returned!r}, expected {result.returned!r}")
-    # a duplicate load and a leak are not outcomes of the §2 table (a leak may be the kit's own
-    # frames holding a value while it observes): checked by their own tests
+    # a duplicate load and a leak are not outcomes of the docs/design.md §2 table (a leak may
+    # be the kit's own frames holding a value while it observes): checked by their own tests
     warned = {
         w for w in observed.warnings if not issubclass(w, (DuplicateLoadWarning, LeakWarning))
     }

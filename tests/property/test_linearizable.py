@@ -619,7 +619,7 @@ class _GatedLLM:
 
 
 def test_an_awaited_guard_never_sees_a_transient_state() -> None:
-    """A guarded ``async def`` call during reloads of a loaded step runs (§2: wait, then settle).
+    """A guarded ``async def`` call during reloads runs (docs/design.md §2: wait, then settle).
 
     The interleaving is forced: a trace hook on the task's thread starts a
     second ``reload()`` in another thread at the moment ``Lifecycle._await_free``

@@ -11,9 +11,9 @@ equal the model's, the raised error class equals the model's (at the call), a
 refused call changes nothing, and the resource is held exactly when the state
 is ``loaded`` (in ``failed``, exactly when the fake's own accounting says the
 failed code left it held). The machine's own rules add the awaited
-operations, one at a time and as tasks at once with threads (docs/design.md
-§10); ``AsyncFakeLifecycle`` runs all of it on ``AsyncCountingStep``, an
-async step.
+operations, one at a time and as tasks at once with threads
+(docs/design.md §10); ``AsyncFakeLifecycle`` runs all of it on
+``AsyncCountingStep``, an async step.
 """
 
 from __future__ import annotations

@@ -120,8 +120,9 @@ def test_200_tasks_and_8_threads_all_get_the_failure(kind: str, quiet_log: None)
 
 @pytest.mark.xfail(
     strict=True,
-    reason="§2 says a waiter applies the 'failed' row (clean up, then load), so every caller "
-    "that waited on a failing load retries it; the issue's acceptance asks for one load",
+    reason="docs/design.md §2 says a waiter applies the 'failed' row (clean up, then load), "
+    "so every caller that waited on a failing load retries it; the issue's acceptance asks "
+    "for one load",
 )
 def test_callers_waiting_on_a_failing_load_share_its_failure(quiet_log: None) -> None:
     """Callers waiting on a load that fails get its failure without loading again."""

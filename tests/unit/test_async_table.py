@@ -188,7 +188,7 @@ SETTLED = (State.UNLOADED, State.LOADED, State.FAILED)
 @pytest.mark.parametrize("state", SETTLED, ids=lambda s: s.value)
 @pytest.mark.parametrize("row", ROWS)
 def test_row_in_settled_state(kind: str, state: State, row: str) -> None:
-    """Each row of §2 in each settled state, awaited."""
+    """Each row of docs/design.md §2 in each settled state, awaited."""
     step = make(kind)
 
     async def main() -> None:

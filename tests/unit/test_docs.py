@@ -247,4 +247,106 @@ def test_design_has_the_thirteen_sections() -> None:
     headings = re.findall(r"^## (\d+)\. (.+)$", (REPO / "docs" / "design.md").read_text(), re.M)
     assert [int(number) for number, _ in headings] == list(range(1, 14))
     planned = [int(number) for number, title in headings if title.endswith("(planned)")]
-    assert planned == []  # §11 (drain still planned) and §12 (budgets still planned) in part
+    assert planned == []  # docs/design.md §11 and §12 were planned in part once
+
+
+# -- No reference to a document outside the repository ----------------------------------------
+
+#: Names of documents this repository does not have, spelt in pieces so this file does not
+#: cite them itself.
+OUTSIDE = tuple(
+    "".join(parts)
+    for parts in (
+        ("DESIGN", ".md"),
+        ("../", "shared"),
+        ("shared/", "DESIGN"),
+        ("STYLE", ".md"),
+        ("perf-", "notes"),
+        ("issue4-", "bugs"),
+        ("the ", "brief"),
+    )
+)
+TEXT_SUFFIXES = frozenset({".py", ".md", ".toml", ".ipynb", ".cfg", ".ini", ".txt", ".sh"})
+TEXT_NAMES = frozenset({"dev.py", ".ci/run"})
+SECTION = "\u00a7"  # written escaped here, so this file's samples are not found
+_SECTION = re.compile(SECTION + r"\s*\d")
+#: a capitalised word right before the section sign: another document's name
+_NAMED = re.compile(r"\b[A-Z][A-Za-z_-]*(?:\.md)?\s*$")
+
+
+def outside_references(path: str, text: str) -> list[str]:
+    """The lines of ``text`` (the file ``path``, relative to the repository) citing elsewhere.
+
+    A section sign followed by a number must cite docs/design.md: "design.md" comes before it
+    on the same line. docs/design.md numbers its own sections; the other docs/*.md that link
+    to it cite it as "§N" alone, unless a capitalised name stands right before the sign.
+    """
+    own = path == "docs/design.md"
+    cites_design = path.startswith("docs/") and path.endswith(".md") and "(design.md" in text
+    found: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"{path}:{number}: {line.strip()}"
+        found += [f"{where}  ({name!r})" for name in OUTSIDE if name in line]
+        for sign in _SECTION.finditer(line):
+            before = line[: sign.start()]
+            if own or "design.md" in before or (cites_design and not _NAMED.search(before)):
+                continue
+            found.append(f"{where}  (a section sign that does not cite docs/design.md)")
+    return found
+
+
+def _tracked_text_files() -> list[str]:
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        require(False, f"git ls-files in a git checkout ({error})")
+        return []  # not reached: require() skips or fails
+    return [
+        name
+        for name in listed.split("\0")
+        if name and (Path(name).suffix in TEXT_SUFFIXES or name in TEXT_NAMES)
+    ]
+
+
+def test_no_file_refers_to_a_document_outside_the_repository() -> None:
+    """Every tracked text file cites only documents in the repository (docs/design.md §N)."""
+    files = _tracked_text_files()
+    assert {"docs/design.md", "dev.py", ".ci/run"} <= set(files), "git ls-files missed files"
+    found = [
+        problem
+        for name in files
+        if (REPO / name).is_file()
+        for problem in outside_references(name, (REPO / name).read_text(errors="replace"))
+    ]
+    assert found == [], "references to documents outside the repository:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("tests/x.py", f'"""DESIGN {SECTION}2: unload() returns."""'),
+        ("docs/testing.md", f"as DESIGN {SECTION}2 says ([docs/design.md](design.md))"),
+        ("stepfsm/x.py", f"# refused ({SECTION}10)"),
+        ("stepfsm/x.py", f"# {SECTION}2 of docs/design.md"),
+        ("README.md", f"its {SECTION}2."),
+        *((name, f"see {ref}") for name, ref in [("dev.py", o) for o in OUTSIDE]),
+    ],
+)
+def test_a_reference_outside_the_repository_is_found(path: str, line: str) -> None:
+    assert outside_references(path, line) != []
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("stepfsm/x.py", f"# refused (docs/design.md {SECTION}10, and {SECTION}2)"),
+        ("README.md", f"[docs/design.md {SECTION}3](docs/design.md#3-errors)"),
+        ("stepfsm/x.py", f"(``docs/design.md`` {SECTION}12)"),
+        ("docs/design.md", f"the rows of {SECTION}2"),
+        ("docs/decisions.md", f"[the design](design.md)\n**Why:** {SECTION}9 asks"),
+    ],
+)
+def test_a_reference_to_docs_design_passes(path: str, line: str) -> None:
+    assert outside_references(path, line) == []

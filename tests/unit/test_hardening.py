@@ -371,11 +371,17 @@ def test_duplicate_detection_reads_only_the_new_steps_configuration() -> None:
 # ------------------------------------------------------- typos (first-run)
 
 
+ACCEPTED = (
+    "The accepted options are load, unload, guard, on_repeat, on_unloaded_use, timeout, "
+    "on_leak, drain_timeout, cost, idle_timeout."
+)
+
+
 def test_unknown_stateful_class_keyword_is_a_definition_error_with_a_suggestion() -> None:
     """A typo in a Stateful class keyword names the accepted options and the likely one."""
     with pytest.raises(
         DefinitionError, match=r"unknown stepfsm option 'guards' \(did you mean 'guard'\?\)"
-    ):
+    ) as info:
 
         class Typo(stepfsm.Stateful, guards=("use",)):  # type: ignore[call-arg]
             def load(self) -> None:
@@ -384,12 +390,63 @@ def test_unknown_stateful_class_keyword_is_a_definition_error_with_a_suggestion(
             def unload(self) -> None:
                 pass
 
+    assert str(info.value).endswith(ACCEPTED)
+
+
+def test_unknown_stateful_decorator_option_is_a_definition_error_with_a_suggestion() -> None:
+    """A typo in an @stateful(...) option is refused as a Stateful class keyword is."""
+    with pytest.raises(
+        DefinitionError, match=r"\.Typo: unknown stepfsm option 'guards' \(did you mean 'guard'"
+    ) as info:
+
+        @stepfsm.stateful(guards=("use",))  # type: ignore[call-overload]
+        class Typo:
+            def load(self) -> None:
+                pass
+
+            def unload(self) -> None:
+                pass
+
+    assert str(info.value).endswith(ACCEPTED)
+    assert isinstance(info.value, TypeError)  # what Python raises for an unknown keyword
+
 
 def test_missing_load_never_suggests_the_unload_method() -> None:
     """With no load() but an unload(), the hint does not point at unload."""
     with pytest.raises(DefinitionError, match=r"has no load\(\) method") as info:
         stepfsm.stateful(type("NoLoad", (), {"unload": _plain}))
     assert "unload'?" not in str(info.value)
+
+
+def _hint(**methods: Any) -> str:
+    """The 'Did you mean' part of the error for a class with these methods, or ''."""
+    with pytest.raises(DefinitionError, match=r"has no (un)?load\(\) method") as info:
+        stepfsm.stateful(type("Missing", (), methods))
+    _, _, hint = str(info.value).partition(" Did you mean ")
+    return hint
+
+
+@pytest.mark.parametrize(
+    ("names", "hint"),
+    [
+        (("unload", "_unload"), ""),  # no name with "unload" in it is a load method
+        (("unload", "unload_model"), ""),
+        (("unload", "download", "reload", "preload"), ""),  # "load" inside another word
+        (("unload", "load_model", "download"), "'load_model'?"),
+        (("unload", "_unload", "_load"), "'_load'?"),
+        (("unload", "aload"), "'aload'?"),
+        (("unload", "laod"), "'laod'?"),  # a typo of the word
+        (("load", "load_model"), ""),  # and symmetrically for a missing unload()
+        (("load", "download"), ""),
+        (("load", "unload_model", "load_model"), "'unload_model'?"),
+        (("load", "_unload"), "'_unload'?"),
+        (("load", "unlaod"), "'unlaod'?"),
+    ],
+)
+def test_missing_method_hint_suggests_only_a_name_that_could_be_that_method(
+    names: tuple[str, ...], hint: str
+) -> None:
+    assert _hint(**dict.fromkeys(names, _plain)) == hint
 
 
 def test_same_thread_operations_inside_a_listener_do_not_deadlock(step: FakeStep) -> None:

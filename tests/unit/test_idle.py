@@ -1,4 +1,4 @@
-"""idle_timeout: a loaded step nobody holds unloads after that long without use (§12)."""
+"""idle_timeout: a loaded step nobody holds unloads after that long unused (docs/design.md §12)."""
 
 from __future__ import annotations
 

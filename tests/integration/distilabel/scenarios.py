@@ -11,8 +11,9 @@ distilabel's hang (a worker whose failed load is never reported).
 * ``early-fail-step``: a step whose load raises before ``super().load()``
   (distilabel's own ``_Step.unload`` then needs ``_logger``).
 * ``broken-cleanup``: TextGeneration over an LLM whose load and clean-up
-  unload both raise (with ``--strict`` this hung while an escalated
-  ``CleanupWarning`` could leave the clean-up unload: issue4-bugs.md #1).
+  unload both raise (with ``--strict`` this once hung: the ``CleanupWarning``,
+  turned into an error, escaped the clean-up unload, and the worker never
+  reported its failed load).
 * ``decorated``: no ``install()``; an LLM class decorated with
   ``@stepfsm.stateful`` is loaded by hand, then handed to a pipeline.
 

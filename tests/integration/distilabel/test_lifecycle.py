@@ -370,7 +370,10 @@ def test_model_logger_is_set_before_a_load_that_fails_early(installed: ModuleTyp
 
 
 def test_cleanup_unload_returns_even_when_warnings_are_errors(installed: ModuleType) -> None:
-    """DESIGN §2: unload() of a failed LLM whose clean-up raises returns, even under -W error."""
+    """docs/design.md §2: a failed LLM's unload() returns though its clean-up raises.
+
+    Even under ``-W error``, which turns the ``CleanupWarning`` into an error.
+    """
     llm = offline.BrokenCleanupLLM()
     with pytest.raises(stepfsm.LoadError, match="driver crashed"):
         llm.load()

@@ -5,7 +5,9 @@ download of distilabel's sdist into ``.cache/distilabel-compat/``) and checks
 its JSON: with ``install(on_unloaded_use="warn")`` exactly the tests that pass
 without stepfsm pass, and with the default ``install()`` every test that
 starts failing fails with a stepfsm error. README.md beside this file has the
-measured counts and the list.
+measured counts and the list; the counts it and docs/distilabel-compat.md quote
+are checked against the run (``readme_count_problems``; the checker itself is
+tested on made-up counts, without the run).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +112,125 @@ def test_the_counts_docs_quote_are_this_runs(comparison: dict[str, Any]) -> None
     assert f"**Default policies**: {lost} tests" in text, (
         f"docs/distilabel-compat.md should say {lost} tests fail under the default policies"
     )
+
+
+COMPAT_README = Path(__file__).with_name("README.md")
+COLUMNS = ("passed", "failed", "error", "skipped", "total")
+
+
+def _cells(text: str, first: str) -> list[str]:
+    """The cells of the markdown table row whose first cell is ``first`` ([] if none)."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first:
+            return cells
+    return []
+
+
+def readme_count_problems(comparison: dict[str, Any], text: str) -> list[str]:
+    """Where README.md beside this file (``text``) quotes counts other than ``comparison``'s.
+
+    The mode table (passed, failed, error, skipped, total), the number of tests collected,
+    each "vs plain" heading's lost and gained, and the error table of the default install.
+    """
+    problems = []
+    for run in ("plain", "warn", "raise"):
+        counts = comparison["runs"][run]["counts"]
+        want = [str(counts.get(key, 0)) for key in COLUMNS]
+        if _cells(text, run)[1:6] != want:
+            problems.append(f"the {run!r} row says {_cells(text, run)}; this run: {want}")
+    total = comparison["runs"]["plain"]["counts"]["total"]
+    if f"{total} tests collected" not in " ".join(text.split()):
+        problems.append(f"it should say {total} tests collected")
+    for run in ("warn", "raise"):
+        diff = comparison["compare"][run]
+        heading = f"### {run} vs plain: {len(diff['lost'])} lost, {len(diff['gained'])} gained"
+        if heading not in text.splitlines():
+            problems.append(f"it should have the heading {heading!r}")
+    errors = Counter(
+        t["message"].split(":")[0].removeprefix("stepfsm.errors.")
+        for t in comparison["compare"]["raise"]["lost"]
+    )
+    quoted = {
+        cells[0].strip("`"): cells[1]
+        for line in text.splitlines()
+        if (cells := [c.strip() for c in line.strip().strip("|").split("|")])[0].startswith("`")
+        and cells[0].endswith("Error`")
+        and len(cells) == 3
+    }
+    if quoted != {name: str(n) for name, n in errors.items()}:
+        problems.append(f"its error table says {quoted}; this run: {dict(errors)}")
+    return problems
+
+
+def test_the_counts_the_readme_quotes_are_this_runs(comparison: dict[str, Any]) -> None:
+    """README.md beside this file quotes this run's counts."""
+    problems = readme_count_problems(comparison, COMPAT_README.read_text(encoding="utf-8"))
+    assert problems == [], "tests/integration/distilabel_compat/README.md:\n" + "\n".join(problems)
+
+
+def _made_up(lost: int) -> dict[str, Any]:
+    """A comparison result with made-up counts, shaped as the script's JSON."""
+    counts = {"passed": 10, "failed": 2, "error": 1, "skipped": 3, "total": 16}
+    raised = dict(counts, passed=10 - lost, failed=2 + lost)
+    return {
+        "runs": {
+            "plain": {"counts": counts},
+            "warn": {"counts": counts},
+            "raise": {"counts": raised},
+        },
+        "compare": {
+            "warn": {"lost": [], "gained": []},
+            "raise": {
+                "lost": [{"message": "stepfsm.errors.NotLoadedError: x"}] * (lost - 1)
+                + [{"message": "stepfsm.errors.LoadError: y"}],
+                "gained": [],
+            },
+        },
+    }
+
+
+MADE_UP_README = """\
+16 tests
+collected.
+
+| mode | passed | failed | error | skipped | total | time |
+|---|---|---|---|---|---|---|
+| plain | 10 | 2 | 1 | 3 | 16 | see below |
+| warn | 10 | 2 | 1 | 3 | 16 | |
+| raise | 7 | 5 | 1 | 3 | 16 | |
+
+### warn vs plain: 0 lost, 0 gained
+
+### raise vs plain: 3 lost, 0 gained
+
+| error | tests | why |
+|---|---|---|
+| `NotLoadedError` | 2 | use before load |
+| `LoadError` | 1 | the load's own exception type |
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (("", ""), None),
+        (("| raise | 7 |", "| raise | 8 |"), "the 'raise' row"),
+        (("| 3 | 16 | see", "| 3 | 17 | see"), "the 'plain' row"),
+        (("16 tests\ncollected", "15 tests\ncollected"), "16 tests collected"),
+        (("3 lost", "4 lost"), "raise vs plain: 3 lost"),
+        (("`NotLoadedError` | 2", "`NotLoadedError` | 3"), "error table"),
+        (("| `LoadError` | 1 | the load's own exception type |\n", ""), "error table"),
+    ],
+)
+def test_the_readme_count_check_finds_a_drifted_count(
+    edit: tuple[str, str], problem: str | None
+) -> None:
+    """The checker, on made-up counts: quick, without distilabel's suite."""
+    assert edit[0] in MADE_UP_README
+    problems = readme_count_problems(_made_up(3), MADE_UP_README.replace(*edit))
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1, problems
+        assert problem in problems[0], problems
