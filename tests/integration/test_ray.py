@@ -2,9 +2,11 @@
 
 One cluster for the module (``ray.init(address="local", num_cpus=2,
 include_dashboard=False)``: a new one even if another runs on this machine),
-shut down after it; its wall time is printed at the end. Workers import this
-repository's modules by name (``PYTHONPATH``), as a cluster's nodes import
-your code. What is checked:
+shut down after it; its wall time, the pipelines' run times and the
+benchmarks' figures are listed under "stepfsm measurements" at the end of
+pytest's output, a passing run's too (``tests.support.measured``). Workers
+import this repository's modules by name (``PYTHONPATH``), as a cluster's
+nodes import your code. What is checked:
 
 * errors: a guarded actor method before ``load()`` is a ``NotLoadedError`` at
   the caller's ``ray.get`` (plain ``ray.remote`` and ``sr.remote``), a failed
@@ -39,7 +41,7 @@ import pytest
 
 import stepfsm
 from tests.integration.ray_steps import LateStateful, TinyLLM, inspect_step
-from tests.support import require
+from tests.support import measured, require
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +94,8 @@ def test_remote_refuses_a_class_that_is_not_stateful() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A local Ray cluster for this module; prints the module's wall time at the end."""
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray cluster for this module; reports the module's wall time at the end."""
     require(HAVE_RAY, "ray")
     import ray
 
@@ -114,12 +116,10 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
             os.environ["PYTHONPATH"] = saved
         root.handlers[:] = handlers
         root.setLevel(level)
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"tests/integration/test_ray.py: Ray cluster up in {ready:.1f} s; the module's "
-                f"Ray tests took {time.monotonic() - started:.1f} s"
-            )
+        measured(
+            f"tests/integration/test_ray.py: Ray cluster up in {ready:.1f} s; the module's "
+            f"Ray tests took {time.monotonic() - started:.1f} s"
+        )
 
 
 @pytest.fixture
@@ -387,9 +387,10 @@ def _bench() -> Any:
 def test_reporting_costs_at_most_5_ms_per_transition(ray_cluster: Any) -> None:
     bench = _bench()
     without, with_, overhead = bench.reporting_overhead(ray_cluster, cycles=100)
-    print(
+    measured(
         f"load/unload cycle in an actor: {without * 1e3:.3f} ms without reporting, "
-        f"{with_ * 1e3:.3f} ms with: {overhead * 1e3:.3f} ms per transition"
+        f"{with_ * 1e3:.3f} ms with: {overhead * 1e3:.3f} ms per transition "
+        f"(target <= {bench.TRANSITION_BUDGET_S * 1e3:.0f} ms)"
     )
     assert overhead <= bench.TRANSITION_BUDGET_S
 
@@ -397,7 +398,10 @@ def test_reporting_costs_at_most_5_ms_per_transition(ray_cluster: Any) -> None:
 def test_cluster_status_of_100_steps_in_4_actors_takes_at_most_200_ms(ray_cluster: Any) -> None:
     bench = _bench()
     median, rows, pids = bench.status_time(ray_cluster)
-    print(f"cluster_status() with {rows} steps across {len(pids)} actors: {median * 1e3:.1f} ms")
+    measured(
+        f"cluster_status() with {rows} steps across {len(pids)} actors: {median * 1e3:.1f} ms "
+        f"(target <= {bench.STATUS_BUDGET_S * 1e3:.0f} ms)"
+    )
     assert rows == 100
     assert len(pids) == 4
     assert median <= bench.STATUS_BUDGET_S
