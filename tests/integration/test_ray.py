@@ -26,6 +26,7 @@ nodes import your code. What is checked:
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import logging
@@ -191,6 +192,7 @@ def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
 ) -> None:
     """Two sr.remote actors and a driver step: one table, each row with node and pid."""
     ray = ray_cluster
+    before = datetime.datetime.now()
     actor_class = sr.remote(TinyLLM)
     first, second = actor_class.remote("status_a"), actor_class.remote("status_b")
     with pytest.raises(stepfsm.NotLoadedError):
@@ -202,15 +204,26 @@ def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
     local = TinyLLM("status_driver")
     local.load()
     table = sr.cluster_status()  # no wait: a settled load is on the board when ray.get returns
+    now = datetime.datetime.now()
     rows = {row.name: row for row in table}
+    driver = rows["TinyLLM 'status_driver'"]
+    assert (driver.pid, driver.actor, driver.state) == (os.getpid(), None, stepfsm.State.LOADED)
+    # what the release estimate says TinyLLM's load holds (str.upper: nothing to count)
+    assert isinstance(driver.nbytes, int)
+    assert driver.nbytes >= 0
     for name, pid in zip(("status_a", "status_b"), pids, strict=True):
         row = rows[f"TinyLLM '{name}'"]
         assert (row.state, row.pid, row.cls) == (stepfsm.State.LOADED, pid, "TinyLLM")
         assert row.node
         assert row.actor
         assert row.actor.startswith("TinyLLM ")
-    driver = rows["TinyLLM 'status_driver'"]
-    assert (driver.pid, driver.actor, driver.state) == (os.getpid(), None, stepfsm.State.LOADED)
+        # when it was loaded (there), how long that took, what it holds: as in the driver
+        assert row.since is not None
+        assert before - datetime.timedelta(seconds=1) <= row.since <= now, row
+        assert row.load_seconds is not None
+        assert 0 <= row.load_seconds < 5, row
+        assert row.holders == 0
+        assert row.nbytes == driver.nbytes, row
     assert isinstance(table, stepfsm.Status)
     text = str(table)
     assert "node" in text
@@ -219,7 +232,14 @@ def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
     print(table)
     ray.get(first.unload.remote())
     after = {row.name: row for row in sr.cluster_status()}
-    assert after["TinyLLM 'status_a'"].state is stepfsm.State.UNLOADED
+    unloaded = after["TinyLLM 'status_a'"]
+    assert unloaded.state is stepfsm.State.UNLOADED
+    loaded_since = rows["TinyLLM 'status_a'"].since
+    assert unloaded.since is not None
+    assert loaded_since is not None
+    assert unloaded.since >= loaded_since
+    assert unloaded.load_seconds == rows["TinyLLM 'status_a'"].load_seconds, "the last load's"
+    assert unloaded.nbytes is None, "an unloaded step holds nothing"
     local.unload()
     for actor in (first, second):
         ray.kill(actor)
