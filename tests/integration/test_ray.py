@@ -15,11 +15,14 @@ nodes import your code. What is checked:
   driver's instance and class policies (a ``warn`` is in force there), also
   for a class made stateful at run time;
 * ``cluster_status()`` lists the steps of two actors with their pids (and the
-  driver's own), ``cluster_unload_all()`` unloads them; bad input says what
-  to do;
+  driver's own), when each entered its state, its last load time and bytes
+  held; ``cluster_unload_all()`` unloads them; bad input says what to do;
 * distilabel's ``RayPipeline`` with ``install()`` in the driver: every step
-  and LLM is stateful in its actor with the driver's policies, and a failing
-  load ends ``run()`` with an error naming the step and its cause in < 60 s;
+  (the generator too) and LLM is stateful in its actor with the driver's
+  policies in force, ``cluster_status()`` called in an actor during the run
+  lists the steps of both actors, and a failing load (before or after
+  ``super().load()``, with a failing clean-up too) ends ``run()`` with an
+  error naming the step and its cause in < 60 s;
 * the benchmarks' targets (``benchmarks/bench_ray.py``): ≤ 5 ms of reporting
   per transition, ``cluster_status()`` of 100 steps in 4 actors ≤ 200 ms.
 """
@@ -331,14 +334,15 @@ def distilabel(ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         sd.uninstall()
 
 
-def _pipeline(name: str, cache: Path, last: Any) -> Any:
+def _pipeline(name: str, cache: Path, last: Any, first: Any = None) -> Any:
+    """A RayPipeline: ``first`` (a LoadDataFromDicts class) feeds what ``last()`` builds."""
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
     from tests.integration.distilabel import offline
 
     with Pipeline(name=name, cache_dir=str(cache)) as pipeline:
-        data = LoadDataFromDicts(data=[{"instruction": i} for i in offline.INSTRUCTIONS])
+        data = (first or LoadDataFromDicts)(data=[{"instruction": i} for i in offline.INSTRUCTIONS])
         data >> last()
     return pipeline.ray()
 
@@ -346,50 +350,136 @@ def _pipeline(name: str, cache: Path, last: Any) -> Any:
 def test_ray_pipeline_steps_and_llms_are_stateful_in_their_actors(
     distilabel: Any, tmp_path: Path
 ) -> None:
-    """install() in the driver only: in the actor, TextGeneration and the LLM are stateful,
-    with the driver's on_repeat='warn'; cluster_status() shows both actors."""
+    """install() in the driver only: in their actors, the generator (a LoadDataFromDicts),
+    TextGeneration and its LLM are stateful, with the driver's on_repeat='warn' in force
+    (a second load() warns, and does not reload); cluster_status(), called in the
+    generator's actor while the pipeline runs, shows the steps of both actors."""
     from distilabel.steps.tasks import TextGeneration
 
-    from tests.integration.ray_distilabel_steps import WhereLLM
+    from tests.integration.ray_distilabel_steps import WhereData, WhereLLM
 
     distilabel.install(on_repeat="warn")
-    pipeline = _pipeline("stepfsm-ray-ok", tmp_path, lambda: TextGeneration(llm=WhereLLM()))
+    name = "stepfsm-ray-ok"
+    pipeline = _pipeline(name, tmp_path, lambda: TextGeneration(llm=WhereLLM()), WhereData)
+    before = datetime.datetime.now()
     started = time.monotonic()
     result = pipeline.run(use_cache=False)
     took = time.monotonic() - started
-    reports = [json.loads(text) for text in result["default"]["train"]["generation"]]
-    assert len(reports) == 5
-    for report in reports:
+    after = datetime.datetime.now()
+    rows = result["default"]["train"]
+    assert len(rows) == 5
+    llm_reports = [json.loads(text) for text in rows["generation"]]
+    data_reports = [json.loads(text) for text in rows["where"]]
+    for report in [*llm_reports, *data_reports]:
         assert report["pid"] != os.getpid()
         assert report["installed"], report
+        assert report["stateful"], report
+        assert (report["state"], report["on_repeat"]) == ("loaded", "warn"), report
+        # the policy in force, not only the attribute: a second load warns and returns
+        assert report["repeat_load_warnings"] == ["RepeatedLoadWarning"], report
+        assert "repeat_load_error" not in report, report
+        assert report["state_after_repeat"] == "loaded", report
+    for report in llm_reports:
         assert report["TextGeneration"], report
-        assert report["llm"], report
-        assert (report["state"], report["on_repeat"]) == ("loaded", "warn")
-    print(f"RayPipeline.run() with stepfsm installed: {took:.1f} s")
+    data = data_reports[0]
+    assert data["LoadDataFromDicts"], data
+    llm_pid = llm_reports[0]["pid"]
+    assert {report["pid"] for report in llm_reports} == {llm_pid}
+    assert {report["pid"] for report in data_reports} == {data["pid"]}
+    assert data["pid"] != llm_pid, "the two steps ran in one process"
+
+    # cluster_status() in the generator's actor, once every step was loaded
+    table = {row["name"]: row for row in data["cluster"] if row["pid"] != os.getpid()}
+    expected = {
+        "WhereData 'where_data_0'": (data["pid"], "where_data_0"),
+        "TextGeneration 'text_generation_0'": (llm_pid, "text_generation_0"),
+    }
+    for step, (pid, step_name) in expected.items():
+        row = table.get(step)
+        assert row is not None, f"{step} is not in cluster_status(): {sorted(table)}"
+        assert (row["pid"], row["state"]) == (pid, "loaded"), row
+        assert row["node"], row
+        assert row["actor"], row
+        assert f"-{step_name}-" in row["actor"], row  # distilabel-<pipeline>-<step>-<replica>
+        assert row["since"] is not None, row
+        assert before.timestamp() - 1 <= row["since"] <= after.timestamp() + 1, row
+        assert row["load_seconds"] is not None, row
+        assert 0 <= row["load_seconds"] < took, row
+        assert row["nbytes"] is None or (isinstance(row["nbytes"], int) and row["nbytes"] >= 0)
+    llm_rows = [
+        row for row in data["cluster"] if row["cls"] == "WhereLLM" and row["pid"] != os.getpid()
+    ]
+    assert [(row["pid"], row["state"]) for row in llm_rows] == [(llm_pid, "loaded")], llm_rows
+    assert (
+        table["WhereData 'where_data_0'"]["actor"]
+        != table["TextGeneration 'text_generation_0'"]["actor"]
+    )
+    measured(f"RayPipeline.run() with stepfsm installed: {took:.1f} s")
 
 
-def test_a_failing_load_ends_the_ray_pipeline_with_a_clear_error(
-    distilabel: Any, tmp_path: Path
-) -> None:
-    """A step whose load raises before super().load(): run() raises, naming the step and
-    the cause, within 60 s (distilabel alone hangs; docs/distilabel.md)."""
+def _failing_step(kind: str) -> Any:
+    """The pipeline's last step for one failing load (``benchmarks/bench_ray.py``'s scenarios)."""
+    from distilabel.steps.tasks import TextGeneration
+
     from tests.integration.distilabel import offline
+    from tests.integration.ray_distilabel_steps import LateFailLLM
 
+    if kind == "early":
+        return offline.EarlyFailStep()
+    if kind == "late":
+        return TextGeneration(llm=LateFailLLM())
+    return TextGeneration(llm=offline.BrokenCleanupLLM())
+
+
+@pytest.mark.parametrize(
+    ("kind", "step", "cause"),
+    [
+        pytest.param(
+            "early",
+            "EarlyFailStep 'early_fail_step_0'",
+            "OSError: model file not found (pretend)",
+            id="step-raises-before-super-load",
+        ),
+        pytest.param(
+            "late",
+            "TextGeneration 'text_generation_0'",
+            "OSError: weights are corrupt (pretend)",
+            id="llm-raises-after-super-load",
+        ),
+        pytest.param(
+            "cleanup",
+            "TextGeneration 'text_generation_0'",
+            "OSError: driver crashed mid-load (pretend)",
+            id="llm-raises-after-super-load-and-its-unload-too",
+        ),
+    ],
+)
+def test_a_failing_load_ends_the_ray_pipeline_with_a_clear_error(
+    distilabel: Any, tmp_path: Path, kind: str, step: str, cause: str
+) -> None:
+    """A load that raises in a step's actor: run() raises, naming the step and the cause,
+    within 60 s (distilabel alone hangs, or returns an empty result; docs/distilabel.md).
+
+    Before ``super().load()`` (distilabel's clean-up unload then needs a logger), after
+    it in the LLM, and after it with a clean-up unload that raises too.
+    """
     distilabel.install()
-    pipeline = _pipeline("stepfsm-ray-fail", tmp_path, offline.EarlyFailStep)
+    pipeline = _pipeline(f"stepfsm-ray-fail-{kind}", tmp_path, lambda: _failing_step(kind))
     started = time.monotonic()
     with pytest.raises(RuntimeError) as caught:
         pipeline.run(use_cache=False)
     took = time.monotonic() - started
     text = str(caught.value)
+    name = step.split("'")[1]
     assert "Failed to load all the steps" in text
-    assert "step 'early_fail_step_0' failed to load" in text
-    assert "OSError: model file not found (pretend)" in text
-    cause = caught.value.__cause__
-    assert isinstance(cause, stepfsm.LoadError)
-    assert cause.step == "EarlyFailStep 'early_fail_step_0'"
+    assert f"step '{name}' failed to load" in text
+    assert cause in text
+    error = caught.value.__cause__
+    assert isinstance(error, stepfsm.LoadError)
+    assert error.step == step
+    assert cause in str(error)
     assert took < 60, f"the run took {took:.0f} s to report the failed load"
-    print(f"RayPipeline.run() with a failing load raised after {took:.1f} s")
+    measured(f"RayPipeline.run() with a failing load ({kind}) raised after {took:.1f} s")
 
 
 # ------------------------------------------------------------------ benchmarks
