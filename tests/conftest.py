@@ -28,7 +28,7 @@ import pytest
 import stepfsm
 from stepfsm import _budget, _settings, registry
 from tests.fakes import Resource, Resources
-from tests.support import stacks
+from tests.support import MEASUREMENTS, stacks
 
 try:
     from hypothesis import HealthCheck, settings
@@ -91,6 +91,14 @@ class FakeStep:
     @property
     def held(self) -> bool:
         return self.handle is not None and not self.handle.closed
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The lines the tests measured (``tests.support.measured``), passing or failing."""
+    if MEASUREMENTS:
+        terminalreporter.section("stepfsm measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

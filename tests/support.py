@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from stepfsm import Lifecycle
 
 
+#: What the tests measured (timings, benchmark figures), one line each: pytest's own
+#: output shows them under "stepfsm measurements" at the end of every run, a passing
+#: one included (``pytest_terminal_summary`` in ``tests/conftest.py``), where a
+#: ``print()`` would be captured.
+MEASUREMENTS: list[str] = []
+
+
+def measured(line: str) -> None:
+    """Report ``line`` at the end of the run (and print it: a failing test's output shows it)."""
+    MEASUREMENTS.append(line)
+    print(line)
+
+
 def require(available: bool, what: str) -> None:
     """Skip when ``what`` is missing locally; fail instead when ``CI=true``."""
     if available:

@@ -2,9 +2,11 @@
 
 One cluster for the module (``ray.init(address="local", num_cpus=2,
 include_dashboard=False)``: a new one even if another runs on this machine),
-shut down after it; its wall time is printed at the end. Workers import this
-repository's modules by name (``PYTHONPATH``), as a cluster's nodes import
-your code. What is checked:
+shut down after it; its wall time, the pipelines' run times and the
+benchmarks' figures are listed under "stepfsm measurements" at the end of
+pytest's output, a passing run's too (``tests.support.measured``). Workers
+import this repository's modules by name (``PYTHONPATH``), as a cluster's
+nodes import your code. What is checked:
 
 * errors: a guarded actor method before ``load()`` is a ``NotLoadedError`` at
   the caller's ``ray.get`` (plain ``ray.remote`` and ``sr.remote``), a failed
@@ -13,17 +15,21 @@ your code. What is checked:
   driver's instance and class policies (a ``warn`` is in force there), also
   for a class made stateful at run time;
 * ``cluster_status()`` lists the steps of two actors with their pids (and the
-  driver's own), ``cluster_unload_all()`` unloads them; bad input says what
-  to do;
+  driver's own), when each entered its state, its last load time and bytes
+  held; ``cluster_unload_all()`` unloads them; bad input says what to do;
 * distilabel's ``RayPipeline`` with ``install()`` in the driver: every step
-  and LLM is stateful in its actor with the driver's policies, and a failing
-  load ends ``run()`` with an error naming the step and its cause in < 60 s;
+  (the generator too) and LLM is stateful in its actor with the driver's
+  policies in force, ``cluster_status()`` called in an actor during the run
+  lists the steps of both actors, and a failing load (before or after
+  ``super().load()``, with a failing clean-up too) ends ``run()`` with an
+  error naming the step and its cause in < 60 s;
 * the benchmarks' targets (``benchmarks/bench_ray.py``): ≤ 5 ms of reporting
   per transition, ``cluster_status()`` of 100 steps in 4 actors ≤ 200 ms.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import logging
@@ -39,7 +45,7 @@ import pytest
 
 import stepfsm
 from tests.integration.ray_steps import LateStateful, TinyLLM, inspect_step
-from tests.support import require
+from tests.support import measured, require
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +98,8 @@ def test_remote_refuses_a_class_that_is_not_stateful() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A local Ray cluster for this module; prints the module's wall time at the end."""
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray cluster for this module; reports the module's wall time at the end."""
     require(HAVE_RAY, "ray")
     import ray
 
@@ -114,12 +120,10 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
             os.environ["PYTHONPATH"] = saved
         root.handlers[:] = handlers
         root.setLevel(level)
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"tests/integration/test_ray.py: Ray cluster up in {ready:.1f} s; the module's "
-                f"Ray tests took {time.monotonic() - started:.1f} s"
-            )
+        measured(
+            f"tests/integration/test_ray.py: Ray cluster up in {ready:.1f} s; the module's "
+            f"Ray tests took {time.monotonic() - started:.1f} s"
+        )
 
 
 @pytest.fixture
@@ -191,6 +195,7 @@ def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
 ) -> None:
     """Two sr.remote actors and a driver step: one table, each row with node and pid."""
     ray = ray_cluster
+    before = datetime.datetime.now()
     actor_class = sr.remote(TinyLLM)
     first, second = actor_class.remote("status_a"), actor_class.remote("status_b")
     with pytest.raises(stepfsm.NotLoadedError):
@@ -202,15 +207,26 @@ def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
     local = TinyLLM("status_driver")
     local.load()
     table = sr.cluster_status()  # no wait: a settled load is on the board when ray.get returns
+    now = datetime.datetime.now()
     rows = {row.name: row for row in table}
+    driver = rows["TinyLLM 'status_driver'"]
+    assert (driver.pid, driver.actor, driver.state) == (os.getpid(), None, stepfsm.State.LOADED)
+    # what the release estimate says TinyLLM's load holds (str.upper: nothing to count)
+    assert isinstance(driver.nbytes, int)
+    assert driver.nbytes >= 0
     for name, pid in zip(("status_a", "status_b"), pids, strict=True):
         row = rows[f"TinyLLM '{name}'"]
         assert (row.state, row.pid, row.cls) == (stepfsm.State.LOADED, pid, "TinyLLM")
         assert row.node
         assert row.actor
         assert row.actor.startswith("TinyLLM ")
-    driver = rows["TinyLLM 'status_driver'"]
-    assert (driver.pid, driver.actor, driver.state) == (os.getpid(), None, stepfsm.State.LOADED)
+        # when it was loaded (there), how long that took, what it holds: as in the driver
+        assert row.since is not None
+        assert before - datetime.timedelta(seconds=1) <= row.since <= now, row
+        assert row.load_seconds is not None
+        assert 0 <= row.load_seconds < 5, row
+        assert row.holders == 0
+        assert row.nbytes == driver.nbytes, row
     assert isinstance(table, stepfsm.Status)
     text = str(table)
     assert "node" in text
@@ -219,7 +235,14 @@ def test_cluster_status_lists_the_steps_of_two_actors_with_their_pids(
     print(table)
     ray.get(first.unload.remote())
     after = {row.name: row for row in sr.cluster_status()}
-    assert after["TinyLLM 'status_a'"].state is stepfsm.State.UNLOADED
+    unloaded = after["TinyLLM 'status_a'"]
+    assert unloaded.state is stepfsm.State.UNLOADED
+    loaded_since = rows["TinyLLM 'status_a'"].since
+    assert unloaded.since is not None
+    assert loaded_since is not None
+    assert unloaded.since >= loaded_since
+    assert unloaded.load_seconds == rows["TinyLLM 'status_a'"].load_seconds, "the last load's"
+    assert unloaded.nbytes is None, "an unloaded step holds nothing"
     local.unload()
     for actor in (first, second):
         ray.kill(actor)
@@ -311,14 +334,15 @@ def distilabel(ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         sd.uninstall()
 
 
-def _pipeline(name: str, cache: Path, last: Any) -> Any:
+def _pipeline(name: str, cache: Path, last: Any, first: Any = None) -> Any:
+    """A RayPipeline: ``first`` (a LoadDataFromDicts class) feeds what ``last()`` builds."""
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
     from tests.integration.distilabel import offline
 
     with Pipeline(name=name, cache_dir=str(cache)) as pipeline:
-        data = LoadDataFromDicts(data=[{"instruction": i} for i in offline.INSTRUCTIONS])
+        data = (first or LoadDataFromDicts)(data=[{"instruction": i} for i in offline.INSTRUCTIONS])
         data >> last()
     return pipeline.ray()
 
@@ -326,50 +350,136 @@ def _pipeline(name: str, cache: Path, last: Any) -> Any:
 def test_ray_pipeline_steps_and_llms_are_stateful_in_their_actors(
     distilabel: Any, tmp_path: Path
 ) -> None:
-    """install() in the driver only: in the actor, TextGeneration and the LLM are stateful,
-    with the driver's on_repeat='warn'; cluster_status() shows both actors."""
+    """install() in the driver only: in their actors, the generator (a LoadDataFromDicts),
+    TextGeneration and its LLM are stateful, with the driver's on_repeat='warn' in force
+    (a second load() warns, and does not reload); cluster_status(), called in the
+    generator's actor while the pipeline runs, shows the steps of both actors."""
     from distilabel.steps.tasks import TextGeneration
 
-    from tests.integration.ray_distilabel_steps import WhereLLM
+    from tests.integration.ray_distilabel_steps import WhereData, WhereLLM
 
     distilabel.install(on_repeat="warn")
-    pipeline = _pipeline("stepfsm-ray-ok", tmp_path, lambda: TextGeneration(llm=WhereLLM()))
+    name = "stepfsm-ray-ok"
+    pipeline = _pipeline(name, tmp_path, lambda: TextGeneration(llm=WhereLLM()), WhereData)
+    before = datetime.datetime.now()
     started = time.monotonic()
     result = pipeline.run(use_cache=False)
     took = time.monotonic() - started
-    reports = [json.loads(text) for text in result["default"]["train"]["generation"]]
-    assert len(reports) == 5
-    for report in reports:
+    after = datetime.datetime.now()
+    rows = result["default"]["train"]
+    assert len(rows) == 5
+    llm_reports = [json.loads(text) for text in rows["generation"]]
+    data_reports = [json.loads(text) for text in rows["where"]]
+    for report in [*llm_reports, *data_reports]:
         assert report["pid"] != os.getpid()
         assert report["installed"], report
+        assert report["stateful"], report
+        assert (report["state"], report["on_repeat"]) == ("loaded", "warn"), report
+        # the policy in force, not only the attribute: a second load warns and returns
+        assert report["repeat_load_warnings"] == ["RepeatedLoadWarning"], report
+        assert "repeat_load_error" not in report, report
+        assert report["state_after_repeat"] == "loaded", report
+    for report in llm_reports:
         assert report["TextGeneration"], report
-        assert report["llm"], report
-        assert (report["state"], report["on_repeat"]) == ("loaded", "warn")
-    print(f"RayPipeline.run() with stepfsm installed: {took:.1f} s")
+    data = data_reports[0]
+    assert data["LoadDataFromDicts"], data
+    llm_pid = llm_reports[0]["pid"]
+    assert {report["pid"] for report in llm_reports} == {llm_pid}
+    assert {report["pid"] for report in data_reports} == {data["pid"]}
+    assert data["pid"] != llm_pid, "the two steps ran in one process"
+
+    # cluster_status() in the generator's actor, once every step was loaded
+    table = {row["name"]: row for row in data["cluster"] if row["pid"] != os.getpid()}
+    expected = {
+        "WhereData 'where_data_0'": (data["pid"], "where_data_0"),
+        "TextGeneration 'text_generation_0'": (llm_pid, "text_generation_0"),
+    }
+    for step, (pid, step_name) in expected.items():
+        row = table.get(step)
+        assert row is not None, f"{step} is not in cluster_status(): {sorted(table)}"
+        assert (row["pid"], row["state"]) == (pid, "loaded"), row
+        assert row["node"], row
+        assert row["actor"], row
+        assert f"-{step_name}-" in row["actor"], row  # distilabel-<pipeline>-<step>-<replica>
+        assert row["since"] is not None, row
+        assert before.timestamp() - 1 <= row["since"] <= after.timestamp() + 1, row
+        assert row["load_seconds"] is not None, row
+        assert 0 <= row["load_seconds"] < took, row
+        assert row["nbytes"] is None or (isinstance(row["nbytes"], int) and row["nbytes"] >= 0)
+    llm_rows = [
+        row for row in data["cluster"] if row["cls"] == "WhereLLM" and row["pid"] != os.getpid()
+    ]
+    assert [(row["pid"], row["state"]) for row in llm_rows] == [(llm_pid, "loaded")], llm_rows
+    assert (
+        table["WhereData 'where_data_0'"]["actor"]
+        != table["TextGeneration 'text_generation_0'"]["actor"]
+    )
+    measured(f"RayPipeline.run() with stepfsm installed: {took:.1f} s")
 
 
-def test_a_failing_load_ends_the_ray_pipeline_with_a_clear_error(
-    distilabel: Any, tmp_path: Path
-) -> None:
-    """A step whose load raises before super().load(): run() raises, naming the step and
-    the cause, within 60 s (distilabel alone hangs; docs/distilabel.md)."""
+def _failing_step(kind: str) -> Any:
+    """The pipeline's last step for one failing load (``benchmarks/bench_ray.py``'s scenarios)."""
+    from distilabel.steps.tasks import TextGeneration
+
     from tests.integration.distilabel import offline
+    from tests.integration.ray_distilabel_steps import LateFailLLM
 
+    if kind == "early":
+        return offline.EarlyFailStep()
+    if kind == "late":
+        return TextGeneration(llm=LateFailLLM())
+    return TextGeneration(llm=offline.BrokenCleanupLLM())
+
+
+@pytest.mark.parametrize(
+    ("kind", "step", "cause"),
+    [
+        pytest.param(
+            "early",
+            "EarlyFailStep 'early_fail_step_0'",
+            "OSError: model file not found (pretend)",
+            id="step-raises-before-super-load",
+        ),
+        pytest.param(
+            "late",
+            "TextGeneration 'text_generation_0'",
+            "OSError: weights are corrupt (pretend)",
+            id="llm-raises-after-super-load",
+        ),
+        pytest.param(
+            "cleanup",
+            "TextGeneration 'text_generation_0'",
+            "OSError: driver crashed mid-load (pretend)",
+            id="llm-raises-after-super-load-and-its-unload-too",
+        ),
+    ],
+)
+def test_a_failing_load_ends_the_ray_pipeline_with_a_clear_error(
+    distilabel: Any, tmp_path: Path, kind: str, step: str, cause: str
+) -> None:
+    """A load that raises in a step's actor: run() raises, naming the step and the cause,
+    within 60 s (distilabel alone hangs, or returns an empty result; docs/distilabel.md).
+
+    Before ``super().load()`` (distilabel's clean-up unload then needs a logger), after
+    it in the LLM, and after it with a clean-up unload that raises too.
+    """
     distilabel.install()
-    pipeline = _pipeline("stepfsm-ray-fail", tmp_path, offline.EarlyFailStep)
+    pipeline = _pipeline(f"stepfsm-ray-fail-{kind}", tmp_path, lambda: _failing_step(kind))
     started = time.monotonic()
     with pytest.raises(RuntimeError) as caught:
         pipeline.run(use_cache=False)
     took = time.monotonic() - started
     text = str(caught.value)
+    name = step.split("'")[1]
     assert "Failed to load all the steps" in text
-    assert "step 'early_fail_step_0' failed to load" in text
-    assert "OSError: model file not found (pretend)" in text
-    cause = caught.value.__cause__
-    assert isinstance(cause, stepfsm.LoadError)
-    assert cause.step == "EarlyFailStep 'early_fail_step_0'"
+    assert f"step '{name}' failed to load" in text
+    assert cause in text
+    error = caught.value.__cause__
+    assert isinstance(error, stepfsm.LoadError)
+    assert error.step == step
+    assert cause in str(error)
     assert took < 60, f"the run took {took:.0f} s to report the failed load"
-    print(f"RayPipeline.run() with a failing load raised after {took:.1f} s")
+    measured(f"RayPipeline.run() with a failing load ({kind}) raised after {took:.1f} s")
 
 
 # ------------------------------------------------------------------ benchmarks
@@ -387,9 +497,10 @@ def _bench() -> Any:
 def test_reporting_costs_at_most_5_ms_per_transition(ray_cluster: Any) -> None:
     bench = _bench()
     without, with_, overhead = bench.reporting_overhead(ray_cluster, cycles=100)
-    print(
+    measured(
         f"load/unload cycle in an actor: {without * 1e3:.3f} ms without reporting, "
-        f"{with_ * 1e3:.3f} ms with: {overhead * 1e3:.3f} ms per transition"
+        f"{with_ * 1e3:.3f} ms with: {overhead * 1e3:.3f} ms per transition "
+        f"(target <= {bench.TRANSITION_BUDGET_S * 1e3:.0f} ms)"
     )
     assert overhead <= bench.TRANSITION_BUDGET_S
 
@@ -397,7 +508,10 @@ def test_reporting_costs_at_most_5_ms_per_transition(ray_cluster: Any) -> None:
 def test_cluster_status_of_100_steps_in_4_actors_takes_at_most_200_ms(ray_cluster: Any) -> None:
     bench = _bench()
     median, rows, pids = bench.status_time(ray_cluster)
-    print(f"cluster_status() with {rows} steps across {len(pids)} actors: {median * 1e3:.1f} ms")
+    measured(
+        f"cluster_status() with {rows} steps across {len(pids)} actors: {median * 1e3:.1f} ms "
+        f"(target <= {bench.STATUS_BUDGET_S * 1e3:.0f} ms)"
+    )
     assert rows == 100
     assert len(pids) == 4
     assert median <= bench.STATUS_BUDGET_S

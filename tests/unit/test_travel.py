@@ -2,9 +2,10 @@
 
 Class settings travel with the class, instance settings with the instance;
 the step arrives ``unloaded``. A ``spawn`` child (a fresh interpreter) checks
-it for a decorated class and for a class made stateful at run time; the
-distilabel integration's part is in ``tests/integration/distilabel/test_travel.py``
-and Ray's in ``tests/integration/test_ray.py``. Every error and warning
+it for a decorated class, a ``Stateful`` subclass and a class made stateful at
+run time; the distilabel integration's part is in
+``tests/integration/distilabel/test_travel.py`` and Ray's in
+``tests/integration/test_ray.py``. Every error and warning
 crosses a process boundary with its message and attributes.
 """
 
@@ -25,7 +26,7 @@ import stepfsm
 from stepfsm import _travel, errors
 from stepfsm.states import State
 from tests.unit import travel_child
-from tests.unit.travel_child import Late, Tiny
+from tests.unit.travel_child import Late, Mixed, Tiny
 
 # ------------------------------------------------------------------ errors
 
@@ -212,35 +213,51 @@ def _explode(settings: dict[str, Any]) -> None:
 # ------------------------------------------------------------ in a spawn child
 
 
+def _expected(step: Any) -> dict[str, Any]:
+    """What a child's ``travel_child.report`` must say of ``step``: its settings here, unloaded."""
+    lc = stepfsm.lifecycle(step)
+    return {
+        "stateful": True,
+        "state": "unloaded",
+        "on_repeat": lc.on_repeat,
+        "on_unloaded_use": lc.on_unloaded_use,
+        "timeout": lc.timeout,
+        "second_load": "AlreadyLoadedError" if lc.on_repeat == "raise" else "no error",
+        "warnings": ["RepeatedLoadWarning"] if lc.on_repeat == "warn" else [],
+    }
+
+
 @pytest.mark.slow
-def test_a_spawn_child_gets_class_and_instance_settings(late: type[Late]) -> None:
-    """A fresh interpreter: the decorated class is stateful on import, the run-time one on
-    arrival, each with the sender's policies in force; both arrive unloaded."""
-    tiny = Tiny("gen_0")
-    stepfsm.lifecycle(tiny).on_repeat = "warn"  # instance: the child warns, does not raise
-    tiny.load()
-    plain = Tiny("gen_1")  # nothing set: the child's own default (raise) applies
+@pytest.mark.parametrize("how", ["decorator", "mixin", "run-time"])
+def test_a_spawn_child_gets_class_and_instance_settings(
+    how: str, request: pytest.FixtureRequest
+) -> None:
+    """A fresh interpreter: a class made stateful by ``@stateful`` or by the ``Stateful``
+    mixin is stateful on import, one made stateful at run time on arrival; each step arrives
+    unloaded, guarded, with the sender's class and instance settings in force there."""
+    cls: type[Any] = {"decorator": Tiny, "mixin": Mixed}.get(how) or request.getfixturevalue("late")
+    tuned = cls()
+    lc = stepfsm.lifecycle(tuned)
+    lc.on_repeat, lc.timeout = "warn", 12.5  # instance: the child warns, does not raise
+    tuned.load()
+    plain = cls()  # nothing set on it: the class's settings (or the child's defaults) apply
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        warned, raised, remade = pool.map(travel_child.report, [tiny, plain, late()])
-    assert warned["pid"] != os.getpid()
-    assert "stepfsm.integrations.distilabel" not in warned["integrations"]
-    assert (warned["state"], warned["on_repeat"]) == ("unloaded", "warn")
-    assert warned["second_load"] == "no error"
-    assert warned["warnings"] == ["RepeatedLoadWarning"]
-    assert (raised["state"], raised["on_repeat"], raised["second_load"]) == (
-        "unloaded",
-        "raise",
-        "AlreadyLoadedError",
-    )
-    assert remade["stateful"], "the class made stateful at run time arrived plain"
-    assert (remade["state"], remade["on_repeat"], remade["warnings"]) == (
-        "unloaded",
-        "warn",
-        ["RepeatedLoadWarning"],
-    )
-    assert stepfsm.state(tiny) is State.LOADED
-    tiny.unload()
+        reports = pool.map(travel_child.report, [tuned, plain])
+        guards = pool.map(travel_child.unloaded_use, [tuned, plain])
+    for step, report, guard in zip((tuned, plain), reports, guards, strict=True):
+        assert report["pid"] != os.getpid()
+        assert "stepfsm.integrations.distilabel" not in report["integrations"]
+        assert {key: report.get(key) for key in _expected(step)} == _expected(step), report
+        assert guard == "NotLoadedError", "the guard did not travel"
+    assert reports[0]["on_repeat"] == "warn"
+    assert reports[0]["timeout"] == 12.5
+    if cls is Mixed:  # the mixin's class keywords
+        assert reports[1]["timeout"] == 30.0
+    if cls is Late:  # made stateful with on_repeat="warn": the plain one warns too
+        assert reports[1]["warnings"] == ["RepeatedLoadWarning"]
+    assert stepfsm.state(tuned) is State.LOADED
+    tuned.unload()
 
 
 def test_import_stepfsm_and_the_ray_integration_never_import_ray() -> None:

@@ -32,6 +32,23 @@ class Tiny:
         return str(self.model(prompt))
 
 
+class Mixed(stepfsm.Stateful, guard=("generate",), timeout=30.0, on_unloaded_use="raise"):
+    """A step made stateful by the mixin, with class settings (stateful wherever imported)."""
+
+    def __init__(self, name: str = "mixed") -> None:
+        self.name = name
+        self.model: Any = None
+
+    def load(self) -> None:
+        self.model = str.upper
+
+    def unload(self) -> None:
+        self.model = None
+
+    def generate(self, prompt: str) -> str:
+        return str(self.model(prompt))
+
+
 class Late:
     """A plain class: the parent makes it stateful at run time; a child imports it plain."""
 
@@ -44,8 +61,8 @@ class Late:
     def unload(self) -> None:
         self.model = None
 
-    def generate(self) -> str:
-        return str(self.model)
+    def generate(self, prompt: str = "") -> str:
+        return str(self.model) + prompt
 
 
 def report(step: Any) -> dict[str, Any]:
@@ -79,6 +96,17 @@ def report(step: Any) -> dict[str, Any]:
             stepfsm.lifecycle(step).unload()
     info["warnings"] = sorted({type(w.message).__name__ for w in caught})
     return info
+
+
+def unloaded_use(step: Any) -> str:
+    """What ``step.generate("hi")`` does before any load here: its guard, if it arrived."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            step.generate("hi")
+        except Exception as error:
+            return type(error).__name__
+    return ", ".join(type(w.message).__name__ for w in caught) or "no error"
 
 
 def install_distilabel() -> None:
