@@ -10,7 +10,7 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``_release``   verified release: what an unload freed, sizes, who holds a leak
 * ``_engine``    the shared ``transitions`` machine and firing a trigger
 * ``_aio``       event-loop plumbing for the async operations (worker threads, wake-ups)
-* ``_drain``     the guarded calls running now (counted by their token, listed if async)
+* ``_drain``     the guarded calls running now (counted by their token)
 * ``registry``   live lifecycles, what is loaded, ``status()``, ``unload_all()``, fork
 * ``_budget``    budgets: pools, costs, least recently used eviction
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),

@@ -14,13 +14,15 @@ reference count". How the running calls are known:
   is one bytecode under the GIL.) A guarded generator holds the token only
   while it runs (``_guard``'s delegation), so a suspended one never holds an
   unload up.
-* An ``async def`` guarded call is suspended most of the time it runs, and
-  the task that runs it may be the one that unloads: it puts a :class:`Call`
-  (method, task, start) on the lifecycle's list on entry, before it reads
-  the state, and takes it off on exit.
+* An ``async def`` guarded call holds the token the same way, in its
+  coroutine's variable, for as long as it runs, suspended or not: it is
+  counted like the others. A coroutine shows its variables to the garbage
+  collector, so :func:`stale` leaves unfinished coroutines out, and only
+  when an unload gives up does :func:`coroutines` name them (method and task).
 * Calls on the unloading thread itself (found on its own stack: frames of
-  guarded code holding the token) or of the task it serves never count:
-  waiting for them would never end.
+  guarded code holding the token; a task's running coroutines are on it too)
+  or suspended in the task an ``aunload()`` serves (:func:`held_in_task`)
+  never count: waiting for them would never end.
 
 Nothing here looks at another thread's stack: on CPython 3.11 walking
 ``sys._current_frames()`` crashed the interpreter (a segmentation fault in
@@ -32,28 +34,39 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import inspect
 import sys
 import time
 import weakref
 from collections.abc import Callable
-from types import CodeType, FrameType, GeneratorType
+from types import CodeType, CoroutineType, FrameType, GeneratorType
 from typing import Any, Final, NamedTuple
 
-__all__ = ["HOLDER", "Call", "RunningCall", "held_here", "holds", "register", "stale", "wait"]
+__all__ = [
+    "HOLDER",
+    "RunningCall",
+    "coroutines",
+    "held_here",
+    "held_in_task",
+    "holds",
+    "register",
+    "stale",
+    "wait",
+]
 
 #: The local variable in which a guarded call holds the step's token.
 HOLDER: Final = "_stepfsm_t"
 _getframe: Final = sys._getframe
-_time: Final = time.time
+_CO_COROUTINE: Final = inspect.CO_COROUTINE
 
 
 class RunningCall(NamedTuple):
     """A guarded call that was still running when an unload gave up waiting for it.
 
-    For an ``async def`` method: ``method`` is its name, ``where`` the task
-    (``"task 'Task-3'"``) and ``since`` when the call started. A synchronous
-    call is counted, not recorded (that keeps it free): ``method`` and
-    ``where`` are ``None`` and ``since`` is when the unload began to wait.
+    For an ``async def`` method: ``method`` is its name and ``where`` the task
+    (``"task 'Task-3'"``). A synchronous call is counted, not recorded (that
+    keeps it free): ``method`` and ``where`` are ``None``. ``since`` is when
+    the unload began to wait (the call started before).
     """
 
     method: str | None
@@ -64,13 +77,7 @@ class RunningCall(NamedTuple):
         clock = time.strftime("%H:%M:%S", time.localtime(self.since))
         if self.method is None:
             return f"a guarded call on another thread (running at {clock})"
-        return f"{self.method}() in {self.where} (since {clock})"
-
-
-#: A guarded ``async def`` call in flight: (method, task, start as ``time.time()``, the
-#: list it is on). A tuple: the async guard makes one per call, and a tuple costs a
-#: fraction of a class instance.
-Call = tuple[str, object, float, list[Any]]
+        return f"{self.method}() in {self.where} (running at {clock})"
 
 
 #: ``id(code)`` -> a weak reference to the code of a guarded call (inline guard,
@@ -121,6 +128,102 @@ def held_here() -> list[object]:
     return found
 
 
+def _guarded(code: object) -> bool:
+    ref = _CODES.get(id(code))
+    return ref is not None and ref() is code
+
+
+def _holds_token(coroutine: Any, token: object) -> bool:
+    """Whether the variables of ``coroutine`` include ``token``.
+
+    Read through the garbage collector's view, which makes no copy: reading
+    ``cr_frame.f_locals`` would store one more reference in the frame. (Python
+    3.10 keeps the variables in the frame object, 3.11 in the coroutine.)
+    """
+    if any(value is token for value in gc.get_referents(coroutine)):
+        return True
+    frame = coroutine.cr_frame
+    return frame is not None and any(value is token for value in gc.get_referents(frame))
+
+
+def _running_call(holder: object) -> bool:
+    """Whether ``holder`` is (the variables of) a guarded ``async def`` call that runs."""
+    coroutine = _coroutine_of(holder)
+    return coroutine is not None and _guarded(coroutine.cr_code)
+
+
+def _coroutine_of(holder: object) -> Any:
+    """The unfinished coroutine whose variables ``holder`` is, or ``None``."""
+    if isinstance(holder, CoroutineType):
+        return holder if holder.cr_frame is not None else None
+    if isinstance(holder, FrameType) and holder.f_code.co_flags & _CO_COROUTINE:
+        for referrer in gc.get_referrers(holder):  # Python 3.10: the frame holds them
+            if isinstance(referrer, CoroutineType) and referrer.cr_frame is holder:
+                return referrer
+    return None
+
+
+def held_in_task(task: object, token: object) -> int:
+    """How many guarded coroutines in ``task``'s chain of awaits hold ``token``.
+
+    ``task`` awaits the unload this thread runs for it: once it is suspended
+    (it starts this thread a moment before it awaits it: waited for, up to a
+    second), its chain stands still while it is read.
+    """
+    get_coro = getattr(task, "get_coro", None)
+    awaited: Any = get_coro() if callable(get_coro) else None
+    deadline = time.monotonic() + 1.0
+    while getattr(awaited, "cr_running", False) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    count = 0
+    for _ in range(10_000):  # a chain of awaits, not a cycle; bounded all the same
+        code = getattr(awaited, "cr_code", None)
+        if code is None:
+            return count
+        if _guarded(code) and awaited.cr_frame is not None and _holds_token(awaited, token):
+            count += 1
+        awaited = awaited.cr_await
+    return count
+
+
+def coroutines(token: object, skip: object = None) -> list[tuple[str, str]]:
+    """(method, task) of each unfinished guarded coroutine holding ``token``, but ``skip``'s.
+
+    Scans the heap (once per coroutine and level of awaits): only for the
+    error of an unload that gave up waiting.
+    """
+    found: list[tuple[str, str]] = []
+    for holder in gc.get_referrers(token):
+        coroutine = _coroutine_of(holder)
+        if coroutine is not None and _guarded(coroutine.cr_code):
+            task = _task_of(coroutine)
+            if task is None or task is not skip:
+                found.append((coroutine.cr_code.co_name, _task_name(task)))
+    return found
+
+
+def _task_of(coroutine: object) -> object:
+    """The task whose chain of awaits includes ``coroutine``, or ``None``."""
+    current = coroutine
+    for _ in range(100):
+        outer = None
+        for referrer in gc.get_referrers(current):
+            get_coro = getattr(referrer, "get_coro", None)
+            if callable(get_coro) and get_coro() is current:
+                return referrer
+            if getattr(referrer, "cr_await", None) is current:
+                outer = referrer
+        if outer is None:
+            return None
+        current = outer
+    return None
+
+
+def _task_name(task: object) -> str:
+    name = getattr(task, "get_name", None)
+    return f"task {name()!r}" if callable(name) else "a coroutine outside any task"
+
+
 def stale(token: object, owner: object) -> int:
     """How many references to ``token`` are held by something other than a running call.
 
@@ -129,12 +232,17 @@ def stale(token: object, owner: object) -> int:
     still holding it (an interrupt landed between a guard's last bytecodes,
     and a traceback keeps the frame), a suspended generator, a dict copied
     from the step's ``__dict__`` or made by ``locals()``. Only ``owner``
-    (the lifecycle) and a generator running now hold it for real. Scans the
-    heap: called only while calls seem to run.
+    (the lifecycle), a generator running now and an unfinished coroutine (a
+    guarded ``async def`` call, suspended or running) hold it for real. Scans
+    the heap: called only while calls seem to run.
     """
     count = 0
     for holder in gc.get_referrers(token):
-        if holder is owner or (isinstance(holder, GeneratorType) and holder.gi_running):
+        if (
+            holder is owner
+            or (isinstance(holder, GeneratorType) and holder.gi_running)
+            or _running_call(holder)
+        ):
             continue
         count += sum(1 for value in gc.get_referents(holder) if value is token)
     return count

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
+from . import _aio
 from .errors import GroupLoadError, RepeatedLoadWarning, emit
 from .machine import Lifecycle, lifecycle
 from .states import State
@@ -95,14 +96,18 @@ class Group:
             GroupLoadError: loads failed (after the rollback); every failure is in it.
             KeyboardInterrupt: the caller was interrupted (after the rollback).
         """
+        self._load(self._repeat_policies())
+
+    def _repeat_policies(self) -> list[Lifecycle]:
+        """Apply each loaded step's ``on_repeat``; return the steps still to load."""
         for lc in self._lifecycles:
             if lc.state is State.LOADED:
                 policy = lc.on_repeat
-                if policy == "raise":
-                    lc.load()  # raises the step's own AlreadyLoadedError: nothing started
-                elif policy == "warn":
+                if policy == "raise":  # the step's own AlreadyLoadedError: nothing started
+                    raise lc._already_loaded()
+                if policy == "warn":
                     emit(RepeatedLoadWarning(lc.name))
-        self._load(lc for lc in self._lifecycles if lc.state is not State.LOADED)
+        return [lc for lc in self._lifecycles if lc.state is not State.LOADED]
 
     def ensure_loaded(self) -> tuple[str, ...]:
         """Load the steps that are not loaded, concurrently; all or nothing.
@@ -136,6 +141,42 @@ class Group:
     def __enter__(self) -> Group:
         self.ensure_loaded()
         return self
+
+    # ---------------------------------------------------------------- awaited
+
+    async def aload(self) -> None:
+        """:meth:`load`, awaited: the loads run while the event loop keeps running.
+
+        Each load is an ``acquire()`` by the group in a worker thread linked to
+        this task (an async step's own ``async def load`` runs on this loop), at
+        most ``max_workers`` at once. If this task is cancelled meanwhile, the
+        loads already started settle first, what the call loaded is released,
+        then ``CancelledError`` goes on.
+
+        Raises:
+            AlreadyLoadedError, GroupLoadError: as :meth:`load`.
+        """
+        await self._aload(self._repeat_policies())
+
+    async def aensure_loaded(self) -> tuple[str, ...]:
+        """:meth:`ensure_loaded`, awaited (see :meth:`aload`)."""
+        return await self._aload([lc for lc in self._lifecycles if lc.state is not State.LOADED])
+
+    async def aunload(self) -> tuple[str, ...]:
+        """:meth:`unload`, awaited: the releases run in a worker thread linked to this task."""
+        return await _aio.in_thread(self.unload)
+
+    async def __aenter__(self) -> Group:
+        await self.aensure_loaded()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aunload()
 
     def __exit__(
         self,
@@ -193,16 +234,68 @@ class Group:
             interrupt = error
         finally:
             interrupt = _finish(run, interrupt)
+        if run.failures or interrupt is not None:
+            self._raise(run, interrupt, self._release(run.acquired))
+        return tuple(lc.name for lc in self._lifecycles if lc in run.acquired)
+
+    async def _aload(self, todo: list[Lifecycle]) -> tuple[str, ...]:
+        """:meth:`_load` on an event loop: one linked worker thread per load, as tasks.
+
+        The loads run shielded from this task's cancellation: a cancellation
+        stops the loads not started yet, the started ones settle, then the
+        rollback runs and the cancellation goes on.
+        """
+        import asyncio
+
+        run = _Run(todo)
+        if not run.total:
+            return ()
+        slots = asyncio.Semaphore(self._max_workers or run.total)
+
+        async def one(lc: Lifecycle) -> None:
+            async with slots:
+                if run.stop:  # a load failed or the caller was cancelled
+                    return
+                try:
+                    await _aio.in_thread(lambda: lc.acquire(self))
+                except BaseException as error:  # recorded; the caller raises after the rollback
+                    run.stop = True
+                    run.failures.append((lc, error))
+                    return
+                with self._lock:
+                    self._held.append(lc)
+                run.acquired.append(lc)
+
+        loads = asyncio.gather(*(one(lc) for lc in todo))
+        interrupt: BaseException | None = None
+        while not loads.done():
+            try:
+                await asyncio.shield(loads)
+            except BaseException as error:  # cancelled (or interrupted) while they run
+                if loads.done():
+                    break
+                interrupt = interrupt or error
+                run.stop = True
+        if run.failures or interrupt is not None:
+            outcome = await asyncio.shield(_aio.in_thread(lambda: self._release(run.acquired)))
+            self._raise(run, interrupt, outcome)
+        return tuple(lc.name for lc in self._lifecycles if lc in run.acquired)
+
+    @staticmethod
+    def _raise(
+        run: _Run,
+        interrupt: BaseException | None,
+        rollback: tuple[list[str], list[str], list[BaseException], BaseException | None],
+    ) -> None:
+        """After the rollback of a failed or interrupted group load: raise what ends it."""
         failures = [(lc.name, e) for lc, e in run.failures if isinstance(e, Exception)]
         if interrupt is None:
             interrupt = next((e for _, e in run.failures if not isinstance(e, Exception)), None)
-        if failures or interrupt is not None:
-            _released, rolled_back, rollback_errors, interrupted = self._release(run.acquired)
-            interrupt = interrupt or interrupted
-            if interrupt is not None:
-                raise interrupt
-            raise GroupLoadError(failures, rolled_back, rollback_errors) from failures[0][1]
-        return tuple(lc.name for lc in self._lifecycles if lc in run.acquired)
+        _released, rolled_back, rollback_errors, interrupted = rollback
+        interrupt = interrupt or interrupted
+        if interrupt is not None:
+            raise interrupt
+        raise GroupLoadError(failures, rolled_back, rollback_errors) from failures[0][1]
 
     def _release(
         self, holds: list[Lifecycle]

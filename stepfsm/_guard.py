@@ -30,11 +30,11 @@ Three ways:
   generated function with the method's exact signature that does the same
   around a call of the original. A generator's steps run through
   :func:`_delegate`, which holds the token only while a step runs.
-* **Async** (``async def`` methods): the call is listed on the step's
-  lifecycle while it runs (it is suspended most of that time, and its own
-  task may be the one that unloads), and the slow path awaits a transition
-  instead of blocking the loop. Inline as above when the source allows (one
-  coroutine per call), else a generated ``async def`` wrapper.
+* **Async** (``async def`` methods): the same statements, inline when the
+  source allows, else in a generated ``async def`` wrapper; the slow path
+  awaits a transition instead of blocking the loop. The coroutine holds the
+  token while it runs, suspended or not (``_drain`` tells the task an
+  ``aunload()`` serves apart).
 
 Each new function carries ``__stepfsm_original__`` (the method as written);
 the code objects that hold the token are registered with ``_drain``.
@@ -83,17 +83,16 @@ def {name}({params}):
     finally:
         _stepfsm_t = None
 """
-# An async call is listed while it runs (it is suspended most of that time, and
-# its own task may be the one that unloads the step).
+# An async call holds the token while it runs, suspended or not; its slow path awaits.
 _ASYNC_TEMPLATE: Final = """\
 async def {name}({params}):
-    _stepfsm_call = _stepfsm_enter({self}, {operation!r})
-    if _stepfsm_call is None:
-        _stepfsm_call = await _stepfsm_aslow({self}, {operation!r})
     try:
+        _stepfsm_t = {read}
+        if {check}:
+            _stepfsm_t = await _stepfsm_aslow({self}, {operation!r})
         return await _stepfsm_fn({call})
     finally:
-        _stepfsm_leave(_stepfsm_call)
+        _stepfsm_t = None
 """
 # A generator method stays a generator function: the check runs at the first next();
 # each step then runs holding the token, a suspended generator holds nothing.
@@ -172,16 +171,13 @@ def make_guard(
         "_stepfsm_tokens": registry.tokens_table(),
         "_stepfsm_delegate": _delegate,
         "_stepfsm_slow": machine.require_loaded,
-        "_stepfsm_enter": machine.enter_call,
-        "_stepfsm_aslow": machine.aenter_call,
-        "_stepfsm_leave": machine.leave_call,
+        "_stepfsm_aslow": machine.arequire_token,
         "_stepfsm_fn": fn,
     }
     source = _guard_source(fn, operation, namespace, _READS[flag], _CHECKS[flag])
     exec(compile(source, f"<stepfsm guard {operation}>", "exec"), namespace)
     guard: Callable[..., Any] = namespace[operation if operation.isidentifier() else "guarded"]
-    if not inspect.iscoroutinefunction(fn):  # an async call is listed instead
-        _drain.register(guard.__code__)
+    _drain.register(guard.__code__)
     functools.update_wrapper(guard, fn)
     guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
     return guard
@@ -265,11 +261,7 @@ _FUTURE_FLAGS: Final = tuple(
     getattr(__future__, name).compiler_flag for name in __future__.all_feature_names
 )
 _SLOW: Final = "_stepfsm_slow"
-#: the async guard's helpers (``machine.enter_call`` and so on) and its local variable
-_ENTER: Final = "_stepfsm_enter"
-_ASLOW: Final = "_stepfsm_aslow"
-_LEAVE: Final = "_stepfsm_leave"
-_CALL: Final = "_stepfsm_call"
+_ASLOW: Final = "_stepfsm_aslow"  # the async slow path (``machine.arequire_token``)
 _NESTED: Final = inspect.CO_NESTED
 _OUTER: Final = "_stepfsm_outer"
 
@@ -277,9 +269,7 @@ _OUTER: Final = "_stepfsm_outer"
 def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None:
     """``fn`` recompiled with the loaded check as its first statement, or ``None``.
 
-    An ``async def`` method gets the async guard's statements instead: its call
-    is listed on entry (awaiting a transition first if the step is not loaded)
-    and taken off the list when it returns.
+    An ``async def`` method's slow path is awaited (``machine.arequire_token``).
     """
     code = getattr(fn, "__code__", None)
     if (
@@ -287,9 +277,8 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
         or code is None
         or inspect.isgeneratorfunction(fn)  # holds the token only while a step runs
         or inspect.isasyncgenfunction(fn)
-        or not {_SLOW, _ENTER, _ASLOW, _LEAVE}.isdisjoint(code.co_freevars)
+        or not {_SLOW, _ASLOW}.isdisjoint(code.co_freevars)
         or _drain.HOLDER in code.co_varnames
-        or _CALL in code.co_varnames
     ):
         return None
     is_async = inspect.iscoroutinefunction(fn)
@@ -310,28 +299,18 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     if not _same(_compile(node, code, imported), code):  # the source is not what runs
         return None
     me, hold = params[0].arg, _drain.HOLDER
-    if is_async:  # the statements of _ASYNC_TEMPLATE
-        start = ast.parse(f"{_CALL} = None\n").body
-        check = ast.parse(
-            f"{_CALL} = {_ENTER}({me}, {operation!r})\nif {_CALL} is None:\n"
-            f"    {_CALL} = await {_ASLOW}({me}, {operation!r})\n"
-        ).body
-        release = ast.parse(f"{_LEAVE}({_CALL})\n").body
-        helpers: dict[str, Any] = {
-            _ENTER: machine.enter_call,
-            _ASLOW: machine.aenter_call,
-            _LEAVE: machine.leave_call,
-        }
-    else:
-        start = []
-        check = ast.parse(
-            f"{hold} = {me}.{LOADED_FLAG}\nif not {hold}:\n"
-            f"    {hold} = {_SLOW}({me}, {operation!r})\n"
-        ).body
-        release = ast.parse(f"{hold} = None\n").body
-        helpers = {_SLOW: machine.require_loaded}
+    slow, helper, wait = (
+        (_ASLOW, machine.arequire_token, "await ")
+        if is_async
+        else (_SLOW, machine.require_loaded, "")
+    )
+    check = ast.parse(
+        f"{hold} = {me}.{LOADED_FLAG}\nif not {hold}:\n"
+        f"    {hold} = {wait}{slow}({me}, {operation!r})\n"
+    ).body
+    release = ast.parse(f"{hold} = None\n").body
     at = node.body[0]
-    for part in (p for stmt in (*start, *check, *release) for p in ast.walk(stmt)):
+    for part in (p for stmt in (*check, *release) for p in ast.walk(stmt)):
         if isinstance(part, (ast.stmt, ast.expr)):  # the def line: tracebacks point there
             part.lineno = part.end_lineno = node.lineno
             part.col_offset, part.end_col_offset = at.col_offset, at.col_offset
@@ -339,13 +318,13 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     head, body = node.body[:1] if docstring else [], node.body[1:] if docstring else node.body
     held = ast.Try(body=[*check, *body], handlers=[], orelse=[], finalbody=release)
     ast.copy_location(held, release[0])
-    node.body = [*head, *start, held]
+    node.body = [*head, held]
     ast.fix_missing_locations(node)
-    guarded_code = _compile(node, code, imported, extra=tuple(helpers))
+    guarded_code = _compile(node, code, imported, extra=(slow,))
     if guarded_code is None:
         return None
     cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=True))
-    cells.update((name, types.CellType(helper)) for name, helper in helpers.items())
+    cells[slow] = types.CellType(helper)
     guard = types.FunctionType(
         guarded_code,
         fn.__globals__,
@@ -356,8 +335,7 @@ def _inline(fn: Callable[..., Any], operation: str) -> Callable[..., Any] | None
     guard.__kwdefaults__ = fn.__kwdefaults__
     functools.update_wrapper(guard, fn)
     guard.__stepfsm_original__ = fn  # type: ignore[attr-defined]
-    if not is_async:  # an async call is listed instead
-        _drain.register(guarded_code)
+    _drain.register(guarded_code)
     return guard
 
 

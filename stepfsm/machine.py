@@ -113,7 +113,6 @@ _getrefcount: Final = sys.getrefcount
 _getframe: Final = sys._getframe
 _wall: Final = time.time
 _monotonic: Final = time.monotonic
-_current_task: Final = _aio.current_task
 _live_by_id: Final = registry.live_by_id
 _log_enabled: Final = log.isEnabledFor
 _running: Final = registry.RUNNING
@@ -133,7 +132,6 @@ _CLAIMS: Final[dict[Lifecycle, Claim]] = {}
 #: Serialises take-overs of abandoned claims (two threads may find the same one).
 _take_over_lock = threading.Lock()
 #: Serialises the creation of a lifecycle's list of running async calls.
-_calls_lock: Final = threading.Lock()
 #: Seconds between a waiter's checks for an abandoned claim.
 _SLICE: Final = 0.2
 
@@ -266,7 +264,6 @@ class Lifecycle:
 
     __slots__ = (
         "__weakref__",
-        "_acalls",
         "_acquired_load",
         "_awaiters",
         "_awaiting",
@@ -341,8 +338,6 @@ class Lifecycle:
         self._released: tuple[int, _rel.Watch] | None = None
         self._last_release: _rel.ReleaseReport | None = None
         self._cuda: int | None = None  # CUDA bytes allocated when the last load began
-        #: the async guarded calls running now (a sync call holds the token instead: _drain)
-        self._acalls: list[_drain.Call] | None = None
         self._draining = False  # an unload waits for running guarded calls
         #: what the guarded calls of the current (or last) load hold while they run
         self._token: registry.Token | None = None
@@ -1006,7 +1001,7 @@ class Lifecycle:
             if state is _LOADED:
                 policy = resolve("on_repeat", self._own, self._cfg)
                 if policy == "raise":
-                    raise AlreadyLoadedError(self.name, self._since, self._load_s)
+                    raise self._already_loaded()
                 if policy == "warn":
                     emit(RepeatedLoadWarning(self.name))
                 return None
@@ -1719,6 +1714,10 @@ class Lifecycle:
             return True
         return self._draining and _drain.holds(self._token) > 0
 
+    def _already_loaded(self) -> AlreadyLoadedError:
+        """The error of a load refused because the step is loaded (``on_repeat="raise"``)."""
+        return AlreadyLoadedError(self.name, self._since, self._load_s)
+
     def _in_use(self, operation: str) -> StepInUseError:
         return StepInUseError(self.name, self._state, operation, self.holders)
 
@@ -1729,45 +1728,39 @@ class Lifecycle:
         outlast ``drain_timeout`` (``docs/design.md`` §11, and ``_drain``).
         """
         token = self._token  # references: the lifecycle, ``token``, the argument below
-        if (token is None or _getrefcount(token) <= 3) and not self._acalls:
+        if token is None or _getrefcount(token) <= 3:
             return None  # the usual case: nothing else runs
         del token
         link = _aio.bridging()
-        own_task = link.origin if link is not None else _aio.current_task()
+        # an aunload() in a task: that task's own calls await this very unload
+        own_task = link.origin if link is not None else None
         stale, counted = 0, _monotonic()  # holders not running (a heap scan: after 1 s), when
 
         def find(began: float) -> list[_drain.RunningCall]:
             nonlocal stale, counted
-            found: list[_drain.RunningCall] = []
             token = self._token
-            if token is not None:  # references: the lifecycle, ``token``, the argument
-                count = _getrefcount(token) - 3
-                if count > 0:
-                    count -= _drain.holds(token)  # this thread's own calls
-                if count > 0 and (count <= stale or _monotonic() - counted > 1.0):
-                    stale, counted = _drain.stale(token, self), _monotonic()  # fresh before "none"
-                if count > 0:
-                    count -= stale
-                found += [_drain.RunningCall(None, None, began)] * max(count, 0)
-            for method, task, since, _ in tuple(self._acalls or ()):
-                if task is not own_task or own_task is None:
-                    found.append(_drain.RunningCall(method, _task_name(task), since))
-            return found
+            if token is None:
+                return []
+            count = _getrefcount(token) - 3  # the lifecycle, ``token``, the argument
+            if count > 0:
+                count -= _drain.holds(token)  # this thread's own calls (a task's running ones)
+            if count > 0 and own_task is not None:
+                count -= _drain.held_in_task(own_task, token)
+            if count > 0 and (count <= stale or _monotonic() - counted > 1.0):
+                stale, counted = _drain.stale(token, self), _monotonic()  # fresh before "none"
+            if count > 0:
+                count -= stale
+            return [_drain.RunningCall(None, None, began)] * max(count, 0)
 
         still, waited = _drain.wait(find, self.drain_timeout)
         if not still:
             return None
+        named = [  # the async calls among them, by method and task (a heap scan or two)
+            _drain.RunningCall(method, where, still[0].since)
+            for method, where in _drain.coroutines(self._token, own_task)[: len(still)]
+        ]
+        still = named + still[len(named) :]
         return StepInUseError(self.name, self._state, operation, self.holders, still, waited)
-
-    def _calls(self) -> list[_drain.Call]:
-        """The list of async guarded calls running now (made on first use)."""
-        calls = self._acalls
-        if calls is None:
-            with _calls_lock:
-                calls = self._acalls
-                if calls is None:
-                    calls = self._acalls = []
-        return calls
 
     def _idle(self) -> bool:
         """Whether a budget may evict the step now (``docs/design.md`` §12)."""
@@ -1779,10 +1772,10 @@ class Lifecycle:
         )
 
     def _busy(self) -> bool:
-        """Whether a guarded call of the step runs now (its token held, or an async call)."""
+        """Whether a guarded call of the step runs now (its token held)."""
         token = self._token
-        return (token is not None and _getrefcount(token) > 4) or bool(self._acalls)  # ours,
-        # the flag, this local and the argument: 4 when no call holds the token
+        return token is not None and _getrefcount(token) > 4  # ours, the flag, this local
+        # and the argument: 4 when no call holds the token
 
     def _why_kept(self) -> str:
         """Why a budget could not evict the step (``BudgetExceededError``)."""
@@ -1966,18 +1959,36 @@ def require_loaded(obj: object, operation: str) -> registry.Token | None:
     lc = lifecycle(obj)
     while True:
         lc.require_loaded(operation)  # raises, waits, or returns: why, is read below
-        token = registry.token_of(obj)
-        if token is not None:
-            return token
-        state = lc._state
-        if state is _LOADED:  # its flag is missing: the loader sets it under the claim
-            lc._restore_flag(operation)
-        elif state is _UNLOADED or state is _FAILED:
-            if lc.on_unloaded_use != "raise":
-                return None  # the policy lets the call run on a step that is not loaded
-        elif lc._passes(operation):
-            return None
-        # else another thread's transition began after the wait: wait for it
+        token = _token_to_hold(lc, obj, operation)
+        if token is not _AGAIN:
+            return cast("registry.Token | None", token)
+
+
+#: :func:`_token_to_hold`'s answer when a transition began after the slow path's wait
+_AGAIN: Final = object()
+
+
+def _token_to_hold(lc: Lifecycle, obj: object, operation: str) -> object:
+    """After a guard's slow path waited: the token its call holds, ``None``, or ``_AGAIN``.
+
+    ``None`` when the call may run without the token: inside the step's own
+    transition (this thread or task), nested in a running call while an
+    unload waits for that call, or on a step that is not loaded when
+    ``on_unloaded_use`` lets it. ``_AGAIN`` when another transition began
+    after the wait: wait for it too.
+    """
+    token = registry.token_of(obj)
+    if token is not None:
+        return token
+    state = lc._state
+    if state is _LOADED:  # its flag is missing: the loader sets it under the claim
+        lc._restore_flag(operation)
+    elif state is _UNLOADED or state is _FAILED:
+        if lc.on_unloaded_use != "raise":
+            return None  # the policy lets the call run on a step that is not loaded
+    elif lc._passes(operation):
+        return None
+    return _AGAIN
 
 
 async def acall_load(
@@ -1999,64 +2010,20 @@ async def arequire_loaded(obj: object, operation: str) -> None:
     await lifecycle(obj).arequire_loaded(operation)
 
 
-def enter_call(obj: object, operation: str) -> _drain.Call | None:
-    """An async guarded call starts: list it and return it if ``obj`` is loaded, else ``None``.
+async def arequire_token(obj: object, operation: str) -> registry.Token | None:
+    """The slow path of an async guard: :func:`require_loaded`, awaiting instead of blocking.
 
-    Listed before the state is read: an unload that begins after the read
-    finds the call in the list (``_drain``).
+    Returns the token the call then holds in its variable (``_drain``), or
+    ``None`` when it may run without one, as :func:`require_loaded` does.
     """
-    lc = _live_by_id(id(obj))
-    if lc is None or lc.owner_ref() is not obj:
-        return None
-    calls = lc._acalls
-    if calls is None:
-        calls = lc._calls()
-    call = (operation, _current_task(), _wall(), calls)
-    calls.append(call)
-    if lc._state is _LOADED:
-        token = lc._token
-        if isinstance(token, registry.UsedToken):
-            token.used = _monotonic()  # a use, for a budget or an idle timeout
-        return call
-    leave_call(call)
-    return None
-
-
-def _task_name(task: object) -> str:
-    name = getattr(task, "get_name", None)
-    return f"task {name()!r}" if callable(name) else "a coroutine outside any task"
-
-
-async def aenter_call(obj: object, operation: str) -> _drain.Call:
-    """The slow path of an async guard: await the step (or an error), then list the call."""
     lc = lifecycle(obj)
-    calls = lc._calls()
-    task = _aio.current_task()
     while True:
-        call = (operation, task, _wall(), calls)
-        if lc._draining and any(c[1] is task for c in tuple(calls)):
-            calls.append(call)  # a running call's nested call: the unload waits for both
-            return call
-        await lc.arequire_loaded(operation)
-        calls.append(call)
-        state = lc._state
-        token = lc._token
-        if isinstance(token, registry.UsedToken):
-            token.used = _monotonic()
-        if state is not _UNLOADING and state is not _LOADING:
-            return call  # loaded, or a state the on_unloaded_use policy lets it use
-        if lc._in_task() is not None:
-            return call  # inside the step's own async load/unload: it passes through
-        leave_call(call)  # an unload began meanwhile: wait for it
-
-
-def leave_call(call: _drain.Call | None) -> None:
-    """An async guarded call ended: take it off its lifecycle's list (``None``: never listed)."""
-    if call is not None:
-        try:  # noqa: SIM105 (suppress() would cost an object per call)
-            call[3].remove(call)
-        except ValueError:  # taken off already
-            pass
+        if lc._draining and _drain.holds(lc._token):
+            return None  # nested in a running call of this task: the unload waits for that one
+        await lc.arequire_loaded(operation)  # raises, awaits, or returns: why, is read below
+        token = _token_to_hold(lc, obj, operation)
+        if token is not _AGAIN:
+            return cast("registry.Token | None", token)
 
 
 _Step = TypeVar("_Step")

@@ -60,6 +60,12 @@ async def check_async(step: LLM) -> None:
         assert_type(any_held, Any)
     with stepfsm.aloaded(step):  # type: ignore[attr-defined]  # needs async with
         pass
+    group = stepfsm.group(step)
+    assert_type(await group.aload(), None)
+    assert_type(await group.aensure_loaded(), tuple[str, ...])
+    assert_type(await group.aunload(), tuple[str, ...])
+    async with group as same:
+        assert_type(same, stepfsm.Group)
 
 
 def check_queries(step: LLM) -> None:

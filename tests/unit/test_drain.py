@@ -418,7 +418,7 @@ def test_aunload_waits_for_a_running_async_call_and_a_later_call_is_refused() ->
         with pytest.raises(NotLoadedError):
             await late
         assert model.unloads == 1
-        assert lc._acalls == []
+        assert not lc._busy()
 
     asyncio.run(main())
 

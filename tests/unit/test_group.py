@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import asyncio
 import pickle
 import signal
 import sys
@@ -16,6 +17,7 @@ import stepfsm
 from stepfsm import GroupLoadError, LoadError, State
 from tests.conftest import HANDLES, FakeStep
 from tests.fakes import Boom
+from tests.unit.async_support import AsyncStep
 
 if sys.version_info >= (3, 11):
     from builtins import ExceptionGroup
@@ -393,3 +395,134 @@ def test_group_load_error_pickles() -> None:
         error.rolled_back,
         str(error),
     )
+
+
+# ----------------------------------------------------------------- awaited
+
+
+class Ticker:
+    """Counts ticks of the event loop every 10 ms while a group load is awaited."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.longest = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            self.ticks += 1
+            last = now
+
+
+def test_aload_runs_loads_concurrently_while_the_loop_runs() -> None:
+    """await group.aload(): 4 x 0.3 s sync loads with 4 workers take ~0.3 s; the loop ticks."""
+    four = steps(4, delay=0.3)
+    group = stepfsm.group(*four, max_workers=4)
+    ticker = Ticker()
+
+    async def main() -> float:
+        stop = asyncio.Event()
+        ticking = asyncio.ensure_future(ticker.run(stop))
+        started = time.monotonic()
+        await group.aload()
+        took = time.monotonic() - started
+        stop.set()
+        await ticking
+        return took
+
+    took = asyncio.run(main())
+    assert took < 0.8, f"4 loads of 0.3 s took {took:.2f} s with 4 workers: not concurrent"
+    assert ticker.ticks >= 10, "the event loop did not run while the group loaded"
+    assert group.states == (State.LOADED,) * 4
+    names = tuple(stepfsm.lifecycle(s).name for s in four)
+    assert group.held == names
+    assert asyncio.run(group.aunload()) == names[::-1]  # released in reverse group order
+    assert group.held == ()
+    assert group.states == (State.UNLOADED,) * 4
+    assert all(step.unloads == 1 for step in four)
+
+
+class SlowAsync(AsyncStep):
+    """An async step whose load awaits 0.3 s on the loop."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+        async def slow() -> None:
+            await asyncio.sleep(0.3)
+
+        self.hook = slow
+
+
+def test_async_steps_load_on_the_loop_concurrently_and_async_with_releases() -> None:
+    """Two async steps (async def load, 0.3 s each): loaded together, held for the block."""
+    first, second = SlowAsync("a0"), SlowAsync("a1")
+    group = stepfsm.group(first, second)
+    inside: list[tuple[State, ...]] = []
+
+    async def main() -> float:
+        started = time.monotonic()
+        async with group as same:
+            assert same is group
+            took = time.monotonic() - started
+            inside.append(group.states)
+        return took
+
+    took = asyncio.run(main())
+    assert took < 0.55, f"two 0.3 s async loads took {took:.2f} s: not concurrent"
+    assert inside == [(State.LOADED, State.LOADED)]
+    assert group.states == (State.UNLOADED, State.UNLOADED)
+    assert (first.loads, first.unloads, second.loads, second.unloads) == (1, 1, 1, 1)
+
+
+def test_aload_rolls_back_on_failure_like_load(quiet_log: None) -> None:
+    """One awaited load fails: what the call loaded is unloaded, GroupLoadError says what."""
+    before, ok_a, bad, ok_b = steps(4)
+    before.load()
+    bad.fail_load = Boom("CUDA out of memory")
+    bad.delay = 0.1
+    with pytest.raises(GroupLoadError) as caught:
+        asyncio.run(stepfsm.group(before, ok_a, bad, ok_b).aensure_loaded())
+    error = caught.value
+    assert error.failed == (stepfsm.lifecycle(bad).name,)
+    assert error.rolled_back == (stepfsm.lifecycle(ok_b).name, stepfsm.lifecycle(ok_a).name)
+    assert isinstance(error.exceptions[0].cause, Boom)
+    assert stepfsm.state(before) is State.LOADED
+    assert stepfsm.state(bad) is State.FAILED
+    assert [r.owner for r in HANDLES.held()] == ["s0"], "rollback left resources open"
+
+
+def test_cancelling_aload_settles_the_started_loads_then_rolls_back() -> None:
+    """The caller is cancelled mid-load: started loads end, then are released; nothing held."""
+    three = steps(3, delay=0.3)
+    group = stepfsm.group(*three, max_workers=2)  # the third has not started when cancelled
+
+    async def main() -> None:
+        loading = asyncio.ensure_future(group.aload())
+        await asyncio.sleep(0.1)
+        loading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loading
+
+    asyncio.run(main())
+    assert group.held == ()
+    assert [s.loads for s in three] == [1, 1, 0], "a load not started yet was started"
+    assert group.states == (State.UNLOADED,) * 3
+    assert HANDLES.held() == [], "the rollback left resources open"
+
+
+def test_aload_applies_on_repeat_to_async_steps_too() -> None:
+    """A loaded async step under on_repeat='raise': AlreadyLoadedError, nothing else loads."""
+    loaded, other = AsyncStep("r0"), SlowAsync("r1")
+
+    async def main() -> None:
+        await stepfsm.aload(loaded)
+        with pytest.raises(stepfsm.AlreadyLoadedError):
+            await stepfsm.group(loaded, other).aload()
+        assert other.loads == 0
+        await stepfsm.aunload(loaded)
+
+    asyncio.run(main())

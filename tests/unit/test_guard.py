@@ -87,36 +87,40 @@ def test_generators_get_the_wrapper_that_holds_the_token_only_while_a_step_runs(
     assert inspect.signature(fn) == inspect.signature(fn.__stepfsm_original__)
 
 
-def test_async_methods_get_the_inline_guard_that_lists_running_calls() -> None:
-    """A suspended coroutine is on no stack: its guard lists the call for the drain.
+def test_async_methods_get_the_inline_guard_that_holds_the_token_while_they_run() -> None:
+    """An ``async def`` method gets the same statements, its slow path awaited.
 
-    With source, the listing is written into the method itself (one coroutine per
-    call, not two); without, a generated ``async def`` wrapper does it.
+    With source, they are written into the method itself (one coroutine per
+    call, not two); without, a generated ``async def`` wrapper has them. Either
+    way the coroutine holds the token while it runs, suspended or not, so an
+    unload can count it.
     """
     model = make_class()
     fn = model.agenerate
     original = fn.__stepfsm_original__
     assert fn.__code__ is not original.__code__
-    assert {"_stepfsm_enter", "_stepfsm_aslow", "_stepfsm_leave"} <= set(fn.__code__.co_freevars)
+    assert "_stepfsm_aslow" in fn.__code__.co_freevars
+    assert "_stepfsm_t" in fn.__code__.co_varnames
     assert fn.__code__.co_filename == __file__
     assert inspect.iscoroutinefunction(fn)
     assert inspect.signature(fn) == inspect.signature(original)
     step = model()
     with pytest.raises(NotLoadedError):
         asyncio.run(step.agenerate("x"))
-    stepfsm.lifecycle(step).load()
-    calls: list[int] = []
+    lc = stepfsm.lifecycle(step)
+    lc.load()
+    held: list[bool] = []
 
     async def main() -> str:
         task = asyncio.ensure_future(step.agenerate("hi"))
-        await asyncio.sleep(0)  # the call is suspended in asyncio.sleep(0): listed
-        calls.append(len(stepfsm.lifecycle(step)._acalls or ()))
+        await asyncio.sleep(0)  # the call is suspended in asyncio.sleep(0)
+        held.append(lc._busy())
         return await task
 
     assert asyncio.run(main()) == "HI"
-    assert calls == [1]
-    assert not stepfsm.lifecycle(step)._acalls  # taken off when it returned
-    stepfsm.lifecycle(step).unload()
+    assert held == [True]
+    assert not lc._busy()  # let go when it returned
+    lc.unload()
 
 
 def test_async_methods_without_source_get_the_wrapper() -> None:
@@ -134,12 +138,15 @@ def test_async_methods_without_source_get_the_wrapper() -> None:
             pass
 
     fn = NoSource.agenerate
-    assert {"_stepfsm_enter", "_stepfsm_leave"} <= set(fn.__code__.co_names)
+    assert "_stepfsm_aslow" in fn.__code__.co_names
+    assert fn.__code__.co_filename.startswith("<stepfsm guard")
     assert inspect.iscoroutinefunction(fn)
     step = NoSource()
+    with pytest.raises(NotLoadedError):
+        asyncio.run(step.agenerate("a"))
     stepfsm.lifecycle(step).load()
     assert asyncio.run(step.agenerate("a")) == "A"
-    assert not stepfsm.lifecycle(step)._acalls
+    assert not stepfsm.lifecycle(step)._busy()
 
 
 def test_the_inline_guard_behaves_like_the_method_when_loaded() -> None:
