@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import sys
 import threading
-import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -41,7 +40,6 @@ __all__ = [
     "Link",
     "bridging",
     "cancelled",
-    "current_task",
     "detached",
     "in_thread",
     "run_coroutine",
@@ -111,41 +109,6 @@ def on_loop_thread() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-#: per thread: (weak reference to the event loop last seen running on it, the
-#: thread's id, the function giving a loop's current task)
-_SEEN: Final = threading.local()
-
-
-def current_task() -> object:
-    """The asyncio task running on this thread, or ``None`` (no loop, or not in a task).
-
-    Every guarded ``async def`` call asks (``machine.enter_call`` reads
-    :data:`_SEEN` itself), so the loop is remembered per thread:
-    ``asyncio._get_running_loop()`` asks for the process id, a system call, on
-    Python < 3.12. A remembered loop still runs on this thread while its
-    ``_thread_id`` (set by ``run_forever`` for as long as it runs) is this thread's.
-    """
-    try:
-        ref, ident, task_of = _SEEN.cache
-        loop = ref()
-        if loop is not None and loop._thread_id == ident:
-            return task_of(loop)
-    except AttributeError:  # nothing remembered, or a loop class without ``_thread_id``
-        pass
-    aio = sys.modules.get("asyncio")
-    if aio is None:
-        return None
-    loop = aio._get_running_loop()  # None, not a RuntimeError to catch (and chain)
-    if loop is None:
-        return None
-    tasks = getattr(aio.tasks, "_current_tasks", None)  # what current_task(loop) reads
-    task_of = aio.current_task if tasks is None else tasks.get
-    if hasattr(loop, "_thread_id"):
-        with contextlib.suppress(TypeError):  # a loop class without weak references
-            _SEEN.cache = (weakref.ref(loop), threading.get_ident(), task_of)
-    return task_of(loop)
 
 
 def bridging() -> Link | None:

@@ -140,10 +140,12 @@ def _holds_token(coroutine: Any, token: object) -> bool:
     ``cr_frame.f_locals`` would store one more reference in the frame. (Python
     3.10 keeps the variables in the frame object, 3.11 in the coroutine.)
     """
-    if any(value is token for value in gc.get_referents(coroutine)):
-        return True
     frame = coroutine.cr_frame
-    return frame is not None and any(value is token for value in gc.get_referents(frame))
+    for holder in (coroutine,) if frame is None else (coroutine, frame):
+        for value in gc.get_referents(holder):  # a loop: a closure's cell would refer to it
+            if value is token:
+                return True
+    return False
 
 
 def _running_call(holder: object) -> bool:
@@ -177,12 +179,18 @@ def held_in_task(task: object, token: object) -> int:
         time.sleep(0.0001)
     count = 0
     for _ in range(10_000):  # a chain of awaits, not a cycle; bounded all the same
-        code = getattr(awaited, "cr_code", None)
-        if code is None:
+        if isinstance(awaited, CoroutineType):
+            if (
+                _guarded(awaited.cr_code)
+                and awaited.cr_frame is not None
+                and _holds_token(awaited, token)
+            ):
+                count += 1
+            awaited = awaited.cr_await
+        elif isinstance(awaited, GeneratorType):  # an ``__await__`` written as a generator
+            awaited = awaited.gi_yieldfrom
+        else:  # a future, or an async generator's step (which does not show its generator)
             return count
-        if _guarded(code) and awaited.cr_frame is not None and _holds_token(awaited, token):
-            count += 1
-        awaited = awaited.cr_await
     return count
 
 
@@ -236,6 +244,8 @@ def stale(token: object, owner: object) -> int:
     guarded ``async def`` call, suspended or running) hold it for real. Scans
     the heap: called only while calls seem to run.
     """
+    # No generator expression or closure over ``token`` here (nor in what runs while
+    # the referrers are read): its cell would be one more referrer, counted as stale.
     count = 0
     for holder in gc.get_referrers(token):
         if (
@@ -244,7 +254,9 @@ def stale(token: object, owner: object) -> int:
             or _running_call(holder)
         ):
             continue
-        count += sum(1 for value in gc.get_referents(holder) if value is token)
+        for value in gc.get_referents(holder):
+            if value is token:
+                count += 1
     return count
 
 

@@ -749,11 +749,11 @@ class Lifecycle:
             raise TransitionInProgressError(self.name, self._state, operation, None, listener=True)
         if held is not None and self._in_task():
             return  # inside the step's own async load/unload (this task runs it)
+        if self._draining and _drain.holds(self._token):
+            return  # a running call's nested call: the unload waits for that call to return
         if held is not None and self._cfg.is_async and _aio.on_loop_thread():
             # its user code may need this very loop: a blocking wait would never end
             raise TransitionInProgressError(self.name, self._state, operation, None, on_loop=True)
-        if self._draining and _drain.holds(self._token):
-            return  # a running call's nested call: the unload waits for that call to return
         self._refuse_use(self._settled(operation), operation)
 
     def _refuse_use(self, state: State, operation: str) -> None:
@@ -1744,7 +1744,8 @@ class Lifecycle:
             count = _getrefcount(token) - 3  # the lifecycle, ``token``, the argument
             if count > 0:
                 count -= _drain.holds(token)  # this thread's own calls (a task's running ones)
-            if count > 0 and own_task is not None:
+            if count > 0 and own_task is not None and link is not None and not link.cancelled:
+                # (a cancelled aunload() goes on without its task: the task's calls run on)
                 count -= _drain.held_in_task(own_task, token)
             if count > 0 and (count <= stale or _monotonic() - counted > 1.0):
                 stale, counted = _drain.stale(token, self), _monotonic()  # fresh before "none"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import stepfsm
-from stepfsm import NotLoadedError, RunningCall, State, StepInUseError
+from stepfsm import NotLoadedError, RunningCall, State, StepInUseError, _drain
 from tests.support import in_thread
 
 WAIT = 10.0  # seconds any event of these tests may take before the test fails
@@ -471,6 +471,55 @@ def test_an_async_calls_nested_call_passes_and_its_own_unload_does_not_wait() ->
 # ------------------------------------------------------------------ the count itself
 
 
+def test_the_stale_scan_counts_no_reference_of_its_own() -> None:
+    """Only the owner holds the token: nothing is stale (a closure cell of the scan's own
+    counting would be one more referrer, and made the drain skip a running call)."""
+
+    class Token:
+        pass
+
+    token = Token()
+    owner = [token]
+    assert _drain.stale(token, owner) == 0
+    copy = {"held": token}  # a dict that is not a running call: stale
+    assert _drain.stale(token, owner) == 1
+    del copy
+
+
+@pytest.mark.parametrize("kind", ["thread", "task"])
+def test_a_call_running_past_the_stale_scan_is_still_waited_for(kind: str) -> None:
+    """A call running longer than the drain's first heap scan (after ~1 s) still holds the
+    unload back: the unload's code runs after the call returned, never under it."""
+    model = Model()
+    model.load()
+    entered, go = threading.Event(), threading.Event()
+    events: list[str] = []
+    if kind == "thread":
+        worker = threading.Thread(target=model.generate, args=(entered, go))
+    else:
+
+        async def call() -> None:
+            aentered, ago = asyncio.Event(), asyncio.Event()
+            task = asyncio.ensure_future(model.agenerate(aentered, ago))
+            await aentered.wait()
+            entered.set()
+            await asyncio.to_thread(go.wait, WAIT)
+            ago.set()
+            await task
+
+        worker = threading.Thread(target=lambda: asyncio.run(call()))
+    worker.start()
+    assert entered.wait(WAIT)
+    timer = threading.Timer(1.6, lambda: (events.append("call let go"), go.set()))
+    timer.start()
+    stepfsm.lifecycle(model).unload()
+    events.append("unload returned")
+    worker.join(WAIT)
+    timer.join()
+    assert events == ["call let go", "unload returned"]
+    assert model.unloads == 1
+
+
 def test_no_call_is_counted_when_none_runs_and_each_running_one_is() -> None:
     """The token's reference count is exact: 0 with no call, n with n calls held open."""
     model = Model()
@@ -709,3 +758,99 @@ def test_a_call_during_the_clean_up_of_a_step_that_never_loaded_is_refused() -> 
     caller.join(WAIT)
     assert not entered.is_set(), "a call ran during the clean-up"
     assert isinstance(called["error"], NotLoadedError)
+
+
+@stepfsm.stateful(guard=("other", "self_unload"))
+class SelfUnloading:
+    """A guarded call that unloads its own step under a timeout, and goes on if it expires."""
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.seen: list[str | None] = []
+
+    def load(self) -> None:
+        self.model = "weights"
+
+    def unload(self) -> None:
+        self.model = None
+
+    async def other(self) -> None:
+        await asyncio.sleep(0.3)
+        self.seen.append(self.model)
+
+    async def self_unload(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_later(0.05, task.cancel)  # what asyncio.timeout does
+        with contextlib.suppress(asyncio.CancelledError):
+            await stepfsm.aunload(self)  # waits for other(): cancelled meanwhile
+        await asyncio.sleep(0.5)  # its aunload was given up: this call runs on, and counts
+        self.seen.append(self.model)
+
+
+def test_a_given_up_aunload_stops_excusing_its_tasks_calls() -> None:
+    """An aunload() inside a guarded call excuses that call (its own task) only while the
+    task awaits it: once the task stops waiting, its call is a running call like any."""
+    step = SelfUnloading()
+
+    async def main() -> None:
+        await stepfsm.aload(step)
+        other = asyncio.ensure_future(step.other())
+        await asyncio.sleep(0.01)
+        await step.self_unload()
+        await other
+        for _ in range(400):  # the unload goes on in its worker once nothing runs
+            if stepfsm.state(step) is State.UNLOADED:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert step.seen == ["weights", "weights"], "the unload ran under a running call"
+    assert stepfsm.state(step) is State.UNLOADED
+
+
+@stepfsm.stateful(guard=("agenerate", "helper", "anested"))
+class AsyncClient:
+    """An async step whose guarded async call uses plain and async guarded helpers."""
+
+    def __init__(self) -> None:
+        self.client: str | None = None
+        self.log: list[object] = []
+
+    async def load(self) -> None:
+        self.client = "client"
+
+    async def unload(self) -> None:
+        self.log.append("unload")
+        self.client = None
+
+    def helper(self) -> str | None:
+        return self.client
+
+    async def anested(self) -> str | None:
+        return self.client
+
+    async def agenerate(self, nested: str) -> None:
+        await asyncio.sleep(0.2)  # the unload begins meanwhile, and waits
+        used = self.helper() if nested == "sync" else await self.anested()
+        self.log.append(("nested", used))
+
+
+@pytest.mark.parametrize("nested", ["sync", "async"])
+def test_an_async_steps_running_call_may_use_its_helpers_while_an_unload_waits(
+    nested: str,
+) -> None:
+    """docs/design.md §11: a running call's nested guarded call passes, also a plain
+    ``def`` helper on an async step's loop thread (not docs/design.md §10's refusal to block)."""
+    step = AsyncClient()
+
+    async def main() -> None:
+        await stepfsm.aload(step)
+        stepfsm.lifecycle(step).drain_timeout = 5.0
+        call = asyncio.ensure_future(step.agenerate(nested))
+        await asyncio.sleep(0.05)
+        await stepfsm.aunload(step)
+        await call
+
+    asyncio.run(main())
+    assert step.log == [("nested", "client"), "unload"]
