@@ -1701,6 +1701,25 @@ class Lifecycle:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
 
+    async def _arestore_flag(self, operation: str) -> None:
+        """:meth:`_restore_flag` on an event loop: await the claim instead of blocking."""
+        while True:
+            await self._await_free(operation)
+            claim = (_getframe(), _get_ident())
+            if _CLAIMS.setdefault(self, claim) is claim:
+                try:
+                    owner = self.owner_ref()
+                    if (
+                        self._state is _LOADED
+                        and owner is not None
+                        and registry.token_of(owner) is None
+                    ):
+                        registry.mark_loaded(self, owner, self._config)
+                finally:
+                    self._end(claim)
+                    del claim  # else the claim and this frame form a cycle only the GC frees
+                return
+
     def _passes(self, operation: str) -> bool:
         """Whether a guarded call may run now although the step is in a transition.
 
@@ -1961,30 +1980,37 @@ def require_loaded(obj: object, operation: str) -> registry.Token | None:
     while True:
         lc.require_loaded(operation)  # raises, waits, or returns: why, is read below
         token = _token_to_hold(lc, obj, operation)
-        if token is not _AGAIN:
+        if token is _RESTORE:
+            lc._restore_flag(operation)
+        elif token is not _AGAIN:
             return cast("registry.Token | None", token)
 
 
-#: :func:`_token_to_hold`'s answer when a transition began after the slow path's wait
+#: :func:`_token_to_hold`'s answers when the slow path must wait again: a transition
+#: began after its wait; or the step is ``loaded`` without its flag (an unload taking
+#: it away, or a replaced ``__dict__``), to be set again under the claim
 _AGAIN: Final = object()
+_RESTORE: Final = object()
 
 
 def _token_to_hold(lc: Lifecycle, obj: object, operation: str) -> object:
-    """After a guard's slow path waited: the token its call holds, ``None``, or ``_AGAIN``.
+    """After a guard's slow path waited: the token its call holds, ``None``, or a sentinel.
 
     ``None`` when the call may run without the token: inside the step's own
     transition (this thread or task), nested in a running call while an
     unload waits for that call, or on a step that is not loaded when
     ``on_unloaded_use`` lets it. ``_AGAIN`` when another transition began
-    after the wait: wait for it too.
+    after the wait: wait for it too. ``_RESTORE``: the step is ``loaded``
+    without its flag; the caller sets it again under the claim (blocking, or
+    awaiting on an event loop), then asks again.
     """
     token = registry.token_of(obj)
     if token is not None:
         return token
     state = lc._state
     if state is _LOADED:  # its flag is missing: the loader sets it under the claim
-        lc._restore_flag(operation)
-    elif state is _UNLOADED or state is _FAILED:
+        return _RESTORE
+    if state is _UNLOADED or state is _FAILED:
         if lc.on_unloaded_use != "raise":
             return None  # the policy lets the call run on a step that is not loaded
     elif lc._passes(operation):
@@ -2023,7 +2049,9 @@ async def arequire_token(obj: object, operation: str) -> registry.Token | None:
             return None  # nested in a running call of this task: the unload waits for that one
         await lc.arequire_loaded(operation)  # raises, awaits, or returns: why, is read below
         token = _token_to_hold(lc, obj, operation)
-        if token is not _AGAIN:
+        if token is _RESTORE:  # never a blocking claim on the loop: an unload may need it
+            await lc._arestore_flag(operation)
+        elif token is not _AGAIN:
             return cast("registry.Token | None", token)
 
 
