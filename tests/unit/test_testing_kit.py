@@ -413,7 +413,7 @@ class InterruptedByUser(Good):
 @pytest.mark.parametrize(
     ("factory", "expected"),
     [
-        (LoadBypassesStepfsm, "s0.load() broke the lifecycle contract"),
+        (LoadBypassesStepfsm, ".load() broke the lifecycle contract"),
         (AcquiresInInit, "a fresh object already holds it"),
         (DeepcopyFailsWhenLoaded, "copies and pickles must work in every state"),
     ],
