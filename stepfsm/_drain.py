@@ -113,11 +113,8 @@ def held_here() -> list[object]:
     """
     found: list[object] = []
     frame: FrameType | None = _getframe(1)
-    codes = _CODES
     while frame is not None:
-        code = frame.f_code
-        ref = codes.get(id(code))
-        if ref is not None and ref() is code:
+        if _guarded(frame.f_code):
             values = frame.f_locals
             token = values.get(HOLDER)
             if token is not None:

@@ -107,6 +107,10 @@ class Group:
                     raise lc._already_loaded()
                 if policy == "warn":
                     emit(RepeatedLoadWarning(lc.name))
+        return self._to_load()
+
+    def _to_load(self) -> list[Lifecycle]:
+        """The steps that are not loaded, in group order."""
         return [lc for lc in self._lifecycles if lc.state is not State.LOADED]
 
     def ensure_loaded(self) -> tuple[str, ...]:
@@ -118,7 +122,7 @@ class Group:
         Raises:
             GroupLoadError, KeyboardInterrupt: as :meth:`load`.
         """
-        return self._load(lc for lc in self._lifecycles if lc.state is not State.LOADED)
+        return self._load(self._to_load())
 
     def unload(self) -> tuple[str, ...]:
         """Release what the group loaded, in reverse order (unloaded unless others hold it).
@@ -160,7 +164,7 @@ class Group:
 
     async def aensure_loaded(self) -> tuple[str, ...]:
         """:meth:`ensure_loaded`, awaited (see :meth:`aload`)."""
-        return await self._aload([lc for lc in self._lifecycles if lc.state is not State.LOADED])
+        return await self._aload(self._to_load())
 
     async def aunload(self) -> tuple[str, ...]:
         """:meth:`unload`, awaited: the releases run in a worker thread linked to this task."""

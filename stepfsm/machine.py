@@ -94,7 +94,6 @@ __all__ = [
     "TransitionRecord",
     "acall_load",
     "acall_unload",
-    "arequire_loaded",
     "load_method",
     "unload_method",
     "display_name",
@@ -131,7 +130,6 @@ Claim = tuple[FrameType, int]
 _CLAIMS: Final[dict[Lifecycle, Claim]] = {}
 #: Serialises take-overs of abandoned claims (two threads may find the same one).
 _take_over_lock = threading.Lock()
-#: Serialises the creation of a lifecycle's list of running async calls.
 #: Seconds between a waiter's checks for an abandoned claim.
 _SLICE: Final = 0.2
 
@@ -1694,9 +1692,7 @@ class Lifecycle:
         """Set the loaded flag again on a ``loaded`` step without it (a replaced ``__dict__``)."""
         claim = self._claim(operation)  # a loader sets it before it lets go of the claim
         try:
-            owner = self.owner_ref()
-            if self._state is _LOADED and owner is not None and registry.token_of(owner) is None:
-                registry.mark_loaded(self, owner, self._config)
+            self._flag_again()
         finally:
             self._end(claim)
             del claim  # else the claim and this frame form a cycle only the GC frees
@@ -1706,19 +1702,19 @@ class Lifecycle:
         while True:
             await self._await_free(operation)
             claim = (_getframe(), _get_ident())
-            if _CLAIMS.setdefault(self, claim) is claim:
+            if _CLAIMS.setdefault(self, claim) is claim:  # held by this frame, as in the sync one
                 try:
-                    owner = self.owner_ref()
-                    if (
-                        self._state is _LOADED
-                        and owner is not None
-                        and registry.token_of(owner) is None
-                    ):
-                        registry.mark_loaded(self, owner, self._config)
+                    self._flag_again()
                 finally:
                     self._end(claim)
                     del claim  # else the claim and this frame form a cycle only the GC frees
                 return
+
+    def _flag_again(self) -> None:
+        """With the claim held: set the loaded flag if the step is ``loaded`` without it."""
+        owner = self.owner_ref()
+        if self._state is _LOADED and owner is not None and registry.token_of(owner) is None:
+            registry.mark_loaded(self, owner, self._config)
 
     def _passes(self, operation: str) -> bool:
         """Whether a guarded call may run now although the step is in a transition.
@@ -2030,11 +2026,6 @@ async def acall_unload(
 ) -> Any:
     """A call of an async step's wrapped unload method, whose own code is ``fn``."""
     return await lifecycle(obj)._acall_unload(fn, args, kwargs)
-
-
-async def arequire_loaded(obj: object, operation: str) -> None:
-    """The slow path of an async guard: awaits a transition instead of blocking."""
-    await lifecycle(obj).arequire_loaded(operation)
 
 
 async def arequire_token(obj: object, operation: str) -> registry.Token | None:

@@ -14,39 +14,30 @@ from typing import Any
 import stepfsm
 
 
+class _Upper:
+    """The step both stateful classes below share: its model upper-cases prompts."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = type(self).__name__.lower() if name is None else name
+        self.model: Any = None
+
+    def load(self) -> None:
+        self.model = str.upper
+
+    def unload(self) -> None:
+        self.model = None
+
+    def generate(self, prompt: str) -> str:
+        return str(self.model(prompt))
+
+
 @stepfsm.stateful(guard=("generate",))
-class Tiny:
+class Tiny(_Upper):
     """A decorated step (stateful wherever this module is imported)."""
 
-    def __init__(self, name: str = "tiny") -> None:
-        self.name = name
-        self.model: Any = None
 
-    def load(self) -> None:
-        self.model = str.upper
-
-    def unload(self) -> None:
-        self.model = None
-
-    def generate(self, prompt: str) -> str:
-        return str(self.model(prompt))
-
-
-class Mixed(stepfsm.Stateful, guard=("generate",), timeout=30.0, on_unloaded_use="raise"):
+class Mixed(_Upper, stepfsm.Stateful, guard=("generate",), timeout=30.0, on_unloaded_use="raise"):
     """A step made stateful by the mixin, with class settings (stateful wherever imported)."""
-
-    def __init__(self, name: str = "mixed") -> None:
-        self.name = name
-        self.model: Any = None
-
-    def load(self) -> None:
-        self.model = str.upper
-
-    def unload(self) -> None:
-        self.model = None
-
-    def generate(self, prompt: str) -> str:
-        return str(self.model(prompt))
 
 
 class Late:
