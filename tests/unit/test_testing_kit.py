@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import os
 import re
 import weakref
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import settings
 from hypothesis.stateful import rule
 
 import stepfsm
@@ -222,23 +220,6 @@ class FailAfterAcquireLeaks(Good):
 # ---------------------------------------------------------------------- tests
 
 
-@pytest.fixture
-def no_shrinking() -> Iterator[None]:
-    """The loaded Hypothesis profile without the shrink phase, for one test."""
-    profile = os.environ.get("HYPOTHESIS_PROFILE", "dev")  # what tests/conftest.py loaded
-    settings.register_profile(
-        f"{profile}-no-shrink",
-        settings(
-            settings.get_profile(profile), phases=[Phase.explicit, Phase.reuse, Phase.generate]
-        ),
-    )
-    settings.load_profile(f"{profile}-no-shrink")
-    try:
-        yield
-    finally:
-        settings.load_profile(profile)
-
-
 @pytest.mark.parametrize(
     "factory",
     [Good, GoodFirstLoadFails, GoodFailsAfterAcquiring, GoodMixin, GoodAsync],
@@ -310,15 +291,8 @@ def test_check_lifecycle_passes_a_correct_pydantic_model() -> None:
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )
-def test_check_lifecycle_fails_broken_classes(
-    factory: type, is_held: Any, expected: str, no_shrinking: None
-) -> None:
-    """Each broken class fails with the rule it broke and the sequence that shows it.
-
-    Without shrinking (``no_shrinking``): finding the failure is what is tested
-    here; the shortest sequence is checked by the test below. Shrinking took
-    most of these tests' time on a clean checkout (up to 19 s a class).
-    """
+def test_check_lifecycle_fails_broken_classes(factory: type, is_held: Any, expected: str) -> None:
+    """Each broken class fails with the rule it broke and the shortest sequence that shows it."""
     with pytest.raises(AssertionError) as caught:
         check_lifecycle(factory, is_held=is_held, threads=0)
     message = str(caught.value)
@@ -413,15 +387,13 @@ class InterruptedByUser(Good):
 @pytest.mark.parametrize(
     ("factory", "expected"),
     [
-        (LoadBypassesStepfsm, ".load() broke the lifecycle contract"),
+        (LoadBypassesStepfsm, "s0.load() broke the lifecycle contract"),
         (AcquiresInInit, "a fresh object already holds it"),
         (DeepcopyFailsWhenLoaded, "copies and pickles must work in every state"),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )
-def test_check_lifecycle_reports_other_misuse(
-    factory: type, expected: str, no_shrinking: None
-) -> None:
+def test_check_lifecycle_reports_other_misuse(factory: type, expected: str) -> None:
     """A load that bypasses stepfsm, a factory that loads, or a copy that raises is reported."""
     with pytest.raises(AssertionError, match=re.escape(expected)):
         check_lifecycle(factory, is_held=res_held, threads=0)
