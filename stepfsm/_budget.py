@@ -28,11 +28,7 @@ sum of the bookings when read, and a load books optimistically (:func:`book`).
 
 from __future__ import annotations
 
-import heapq
 import itertools
-import math
-import numbers
-import random
 import threading
 import time
 import weakref
@@ -63,6 +59,7 @@ Cost = tuple[str, float]
 CostSetting = Cost | Callable[[Any], Cost]
 
 _monotonic: Final = time.monotonic
+_INF: Final = float("inf")
 #: set when room may have come free (a step unloaded, a capacity changed)
 _ROOM: Final = threading.Event()
 _POOLS: Final[dict[str, Budget]] = {}
@@ -153,6 +150,8 @@ def budgets() -> tuple[Budget, ...]:
 
 
 def _check_amount(value: object, what: str) -> float:
+    import numbers  # here, not at import: read when a cost or a budget is set
+
     if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers too
         raise TypeError(f"{what} must be a number (bytes, say), not {value!r}")
     number = int(value) if isinstance(value, numbers.Integral) else float(value)
@@ -230,7 +229,7 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
     held, meta = pool._held, pool._meta
     if lc._booked is pool and lc in held:
         return  # booked already: a reload keeps its room
-    deadline = None if timeout is None or timeout == math.inf else _monotonic() + timeout
+    deadline = None if timeout is None or timeout == _INF else _monotonic() + timeout
     link = _aio.bridging()  # a worker of an aload(): its task may be cancelled meanwhile
     while True:
         if amount > pool.capacity:
@@ -257,6 +256,8 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
         remaining = None if deadline is None else deadline - _monotonic()
         if remaining is not None and remaining <= 0:
             raise _exceeded(lc, pool, amount, timeout)
+        import random  # here, not at import: only two loads backing off need it
+
         pause = _POLL * (0.5 + random.random())  # apart from a load that backed off with us
         _ROOM.wait(pause if remaining is None else min(pause, remaining))
         if link is not None and link.cancelled:
@@ -305,6 +306,8 @@ def _victims(pool: Budget, needed: float) -> list[Lifecycle]:
 
 
 def _rebuild(pool: Budget) -> None:
+    import heapq  # imported where used (``import stepfsm`` stays light)
+
     meta = pool._meta
     for lc in tuple(meta):
         if lc not in pool._held:
@@ -319,6 +322,8 @@ def _rebuild(pool: Budget) -> None:
 
 
 def _scan(pool: Budget, needed: float) -> list[Lifecycle]:
+    import heapq  # imported where used (``import stepfsm`` stays light)
+
     heap, held, meta = pool._heap, pool._held, pool._meta
     taken: list[tuple[float, int, weakref.ref[Lifecycle]]] = []
     victims: list[Lifecycle] = []
@@ -362,6 +367,8 @@ def loaded(lc: Lifecycle) -> None:
     pool = lc._booked
     if pool is None:
         return
+    import heapq  # imported where used (``import stepfsm`` stays light)
+
     booking = pool._meta.get(lc)
     if booking is not None and lc in pool._held:
         pool._meta[lc] = (booking[0], True)  # decided, whatever cut the load short
@@ -375,12 +382,23 @@ def give_back(lc: Lifecycle) -> None:
     either given back or not, and a later call finishes the job (a stale
     ``_meta`` entry counts nothing; the next booking or heap rebuild drops it).
     """
+    _forget(lc)
+    _ROOM.set()
+
+
+def _forget(lc: Lifecycle) -> None:
+    """Return ``lc``'s cost without waking anyone: a step died (``registry.ON_FORGET``).
+
+    A weakref callback runs wherever the garbage collector does, inside
+    ``_ROOM.set()`` on this very thread too, so it must take no lock (setting
+    ``_ROOM`` there deadlocked). A load waiting for room looks again within
+    ``1.5 * _POLL`` seconds anyway.
+    """
     pool = lc._booked
     if pool is not None:
         pool._held.pop(lc, None)  # atomic: no lock needed
         pool._meta.pop(lc, None)
         lc._booked = None
-    _ROOM.set()
 
 
 def _exceeded(
@@ -429,6 +447,8 @@ def watch_idle(lc: Lifecycle) -> None:
     timeout = lc.idle_timeout
     if timeout is None:
         return
+    import heapq  # imported where used (``import stepfsm`` stays light)
+
     entry = (_last_use(lc) + timeout, next(_SEQUENCE), weakref.ref(lc), id(lc._token))
     heapq.heappush(_IDLE, entry)
     _IDLE_WAKE.set()
@@ -449,6 +469,8 @@ def _idle_loop() -> None:
 
 def _idle_due(now: float) -> float | None:
     """Unload the steps due by ``now``; the seconds until the next one is (``None``: none)."""
+    import heapq  # imported where used (``import stepfsm`` stays light)
+
     while _IDLE:
         entry = heapq.heappop(_IDLE)
         if entry[0] > now:  # not yet: put it back
@@ -478,5 +500,5 @@ def _view() -> tuple[registry.PoolStatus, ...]:
 
 
 registry.show_pools(_view)
-registry.ON_FORGET.append(give_back)  # a step that died while loaded
+registry.ON_FORGET.append(_forget)  # a step that died while loaded
 registry.at_fork(_after_fork)

@@ -9,6 +9,8 @@ import math
 import os
 import pickle
 import random
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -475,6 +477,39 @@ def test_a_step_that_dies_loaded_gives_its_room_back(pool: stepfsm.Budget) -> No
     del a
     gc.collect()
     assert pool.used == 0
+
+
+_DIES_INSIDE_A_WAKE = """
+import stepfsm
+from stepfsm import _budget
+
+@stepfsm.stateful(cost=("mem", 40))
+class Model:
+    def load(self): pass
+    def unload(self): pass
+
+pool = stepfsm.budget("mem", 100)
+a = Model()
+a.load()
+with _budget._ROOM._cond:  # what _ROOM.set() holds while it wakes the waiters
+    del a  # the step dies here, so its weakref callback runs here, on this thread
+print(pool.used)
+"""
+
+
+def test_a_step_dying_inside_a_wake_up_returns_its_room_without_a_lock() -> None:
+    """A step garbage collected while this thread is inside ``_ROOM.set()`` (the
+    collector runs wherever an allocation triggers it) gives its room back without
+    taking ``_ROOM``'s lock again: that deadlocked the thread for good."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DIES_INSIDE_A_WAKE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
