@@ -52,6 +52,7 @@ from transitions import Machine
 from transitions.extensions import LockedMachine
 
 import stepfsm
+from stepfsm import _engine
 
 # ---------------------------------------------------------------- the lifecycle
 
@@ -184,41 +185,58 @@ _SHARED = Machine(
     initial="unloaded",
     auto_transitions=False,
 )
-_S_BEGIN_LOAD = _SHARED.events["begin_load"].trigger
-_S_FINISH_LOAD = _SHARED.events["finish_load"].trigger
-_S_BEGIN_UNLOAD = _SHARED.events["begin_unload"].trigger
-_S_FINISH_UNLOAD = _SHARED.events["finish_unload"].trigger
-_S_FAIL = _SHARED.events["fail"].trigger
 
 
-class SharedTransitionsStep:
-    """``transitions``: one shared ``Machine``, fired with ``Event.trigger(model)`` (as stepfsm)."""
+def _shared_step(events: Any, doc: str, attribute: str = "state") -> type:
+    """A step class fired through one shared machine's ``events`` (``Event.trigger(model)``),
+    which keep the model's state in ``attribute``."""
+    begin_load, finish_load = events["begin_load"].trigger, events["finish_load"].trigger
+    begin_unload, finish_unload = events["begin_unload"].trigger, events["finish_unload"].trigger
+    fail = events["fail"].trigger
 
-    def __init__(self) -> None:
-        self.state = "unloaded"
+    class SharedStep:
+        __doc__ = doc
+        state: str
 
-    def load(self) -> None:
-        _S_BEGIN_LOAD(self)
-        try:
-            _work(self)
-        except BaseException:
-            _S_FAIL(self)
-            raise
-        _S_FINISH_LOAD(self)
+        def __init__(self) -> None:
+            setattr(self, attribute, "unloaded")
 
-    def unload(self) -> None:
-        _S_BEGIN_UNLOAD(self)
-        try:
-            _work(self)
-        except BaseException:
-            _S_FAIL(self)
-            raise
-        _S_FINISH_UNLOAD(self)
+        def load(self) -> None:
+            begin_load(self)
+            try:
+                _work(self)
+            except BaseException:
+                fail(self)
+                raise
+            finish_load(self)
 
-    def process(self, x: int) -> int:
-        if self.state != "loaded":
-            raise PeerNotLoadedError(self.state)
-        return x
+        def unload(self) -> None:
+            begin_unload(self)
+            try:
+                _work(self)
+            except BaseException:
+                fail(self)
+                raise
+            finish_unload(self)
+
+        def process(self, x: int) -> int:  # (the engine row times no call)
+            if self.state != "loaded":
+                raise PeerNotLoadedError(self.state)
+            return x
+
+    return SharedStep
+
+
+SharedTransitionsStep = _shared_step(
+    _SHARED.events,
+    "``transitions``: one shared stock ``Machine``, fired with ``Event.trigger(model)``.",
+)
+EngineStep = _shared_step(
+    _engine.MACHINE.events,
+    "stepfsm's engine alone: its shared machine's lean events (docs/decisions.md, "
+    '"The engine\'s lean events and states"), nothing of stepfsm around them.',
+    _engine.ATTRIBUTE,
+)
 
 
 # ---------------------------------------------------------- python-statemachine
@@ -485,6 +503,7 @@ def _rows(others: int, scale: tuple[int, int]) -> list[Row]:
         *scaling,
         Row("transitions.Machine", TransitionsStep, "transitions"),
         Row("transitions shared Machine", SharedTransitionsStep, "transitions"),
+        Row("stepfsm engine alone", EngineStep, guard=None, memory=False),
         Row(
             "transitions LockedMachine",
             LockedTransitionsStep,

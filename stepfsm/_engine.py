@@ -7,6 +7,15 @@ user's object, which may be a pydantic model); its events are fired with
 ``Machine.models`` (a list of strong references) and carry no per-model
 trigger attributes.
 
+The machine has no callbacks, conditions or queue: stepfsm's own code runs
+around a trigger, not inside it. So its events and states are lean subclasses
+(:class:`_Event`, :class:`_State`) that leave out transitions' callback
+passes and its per-state log lines: a trigger is transitions' own validity
+check (``MachineError`` for a pair the table lacks) and its own state change
+(``Transition._change_state``), about half the work of a stock trigger.
+``tests/unit/test_states.py`` checks, for every state and trigger, that a lean
+trigger ends where a stock one does and refuses what it refuses.
+
 The engine works on plain string states (the ``State`` values; transitions'
 enum support costs ~7% per trigger) held in the model's :data:`ATTRIBUTE`.
 The lifecycle's own ``State`` is the truth: firing first writes the source
@@ -27,15 +36,15 @@ cycle, a function call is a measurable part of its cost.)
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Final, Protocol
 
 from transitions import Machine, MachineError
+from transitions import core as _core
 
 from .errors import StepStateError
 from .states import INITIAL, TRANSITIONS, State, Trigger
 
-__all__ = ["ATTRIBUTE", "EVENTS", "MACHINE", "STATES", "MachineError", "Model", "refused"]
+__all__ = ["ATTRIBUTE", "EVENTS", "MACHINE", "STATES", "MachineError", "Model", "build", "refused"]
 
 #: The model attribute the engine keeps its string state in.
 ATTRIBUTE: Final = "_engine_state"
@@ -50,33 +59,63 @@ class Model(Protocol):
     def name(self) -> str: ...
 
 
-class _QuietEngine(logging.Filter):
-    """Drop ``transitions``' own records about stepfsm's machine.
+class _State(_core.State):
+    """A state of stepfsm's machine: entering and leaving it does nothing.
 
-    ``transitions`` logs every state entry/exit at INFO; stepfsm logs its
-    transitions itself (logger ``stepfsm``), so those records are noise (and
-    distilabel turns INFO on). Records of the user's own machines pass.
+    It has no enter/exit callbacks, and stepfsm logs its transitions itself
+    (logger ``stepfsm``); transitions' own lines (two per state change, at
+    DEBUG and INFO) would only repeat them, and distilabel turns INFO on.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and args and args[0] == "stepfsm: ")
+    def enter(self, event_data: _core.EventData) -> None:
+        pass
+
+    def exit(self, event_data: _core.EventData) -> None:
+        pass
 
 
-logging.getLogger("transitions.core").addFilter(_QuietEngine())
+class _Event(_core.Event):
+    """An event of stepfsm's machine: transitions' trigger without its callback passes.
 
-MACHINE: Final = Machine(
-    model=None,
-    states=[s.value for s in State],
-    transitions=[
-        {"trigger": t.trigger, "source": [s.value for s in t.sources], "dest": t.dest.value}
-        for t in TRANSITIONS
-    ],
-    initial=INITIAL.value,
-    auto_transitions=False,
-    model_attribute=ATTRIBUTE,
-    name="stepfsm",
-)
+    What a stock ``Event.trigger`` adds here runs callback lists that are empty
+    on this machine (prepare, conditions, before, after, finalize, on_exception)
+    and a queue it does not have.
+    """
+
+    def trigger(self, model: object, *args: Any, **kwargs: Any) -> bool:
+        machine = self.machine
+        state = machine.get_model_state(model)
+        self._is_valid_source(state)  # MachineError unless the table has (state, trigger)
+        data = _core.EventData(state, self, machine, model, args, kwargs)
+        data.transition = transition = self.transitions[state.name][0]
+        transition._change_state(data)
+        data.result = True
+        return True
+
+
+class _Machine(Machine):
+    state_cls = _State
+    event_cls = _Event
+
+
+def build(machine_cls: type[Machine] = _Machine) -> Machine:
+    """A machine of ``machine_cls`` built from the table: the engine's is lean; a test
+    builds a stock ``transitions.Machine`` to compare it with."""
+    return machine_cls(
+        model=None,
+        states=[s.value for s in State],
+        transitions=[
+            {"trigger": t.trigger, "source": [s.value for s in t.sources], "dest": t.dest.value}
+            for t in TRANSITIONS
+        ],
+        initial=INITIAL.value,
+        auto_transitions=False,
+        model_attribute=ATTRIBUTE,
+        name="stepfsm",
+    )
+
+
+MACHINE: Final = build()
 #: engine state (a ``State`` value) -> ``State``
 STATES: Final[dict[str, State]] = {s.value: s for s in State}
 #: trigger -> the machine's ``Event``: ``EVENTS[trigger].trigger(model)`` fires it

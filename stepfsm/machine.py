@@ -38,7 +38,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar, cast
@@ -201,6 +200,22 @@ class LifecycleStatistics(NamedTuple):
     since: float | None
 
 
+class _History(list[TransitionRecord]):
+    """A lifecycle's last transitions, oldest first, at most ``limit`` of them.
+
+    A list that the firing thread trims, not a ``deque(maxlen=...)``: a deque
+    takes ~760 bytes from its first record on, a short list ~100 (most steps
+    make a handful of transitions). Only the thread that holds the claim
+    changes it; a reader's ``tuple()`` copies it in one step.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+
 class _Hold:
     """One holder of a lifecycle: ``key`` identifies it (``None`` = anonymous)."""
 
@@ -320,7 +335,7 @@ class Lifecycle:
         self._due: list[tuple[Lifecycle, object]] | None = None
         self._hold_key: object = None  # the key of the holds this step's current load takes
         self._config: Any = None  # its pre-load configuration key, while loaded
-        self._history: deque[TransitionRecord] | None = None
+        self._history: _History | None = None
         self._listeners: tuple[_settings.Listener, ...] = ()
         self._outbox: list[TransitionRecord] | None = None
         self._own: dict[str, Any] | None = None  # the instance's own settings
@@ -1555,7 +1570,9 @@ class Lifecycle:
                 _budget.give_back(self)
         history = self._history
         if history is None:
-            history = self._history = deque(maxlen=_settings.history_size())
+            history = self._history = _History(_settings.history_size())
+        elif len(history) == history.limit:  # full: the oldest goes first (never N + 1)
+            del history[0]
         history.append(record)
         if self._listeners or _settings.LISTENERS:
             if self._outbox is None:

@@ -20,6 +20,7 @@ ROWS = (
     "stepfsm pydantic, 9 loaded",
     "transitions.Machine",
     "transitions shared Machine",
+    "stepfsm engine alone",
     "transitions LockedMachine",
     "python-statemachine",
     "Automat TypeMachine",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from transitions import Machine, MachineError
 
 import stepfsm
 from stepfsm import State, StepStateError
-from stepfsm._engine import MACHINE
+from stepfsm._engine import ATTRIBUTE, MACHINE, build
 from stepfsm.states import INITIAL, TRANSIENT, TRANSITIONS, Transition, _build_index, next_state
 from tests.conftest import FakeStep
 
@@ -45,6 +48,42 @@ def test_engine_is_built_from_the_table() -> None:
     expected = {(t.trigger, s.value, t.dest.value) for t in TRANSITIONS for s in t.sources}
     assert edges == expected
     assert MACHINE.models == []  # lifecycles are never registered (strong references)
+
+
+def test_the_engine_has_nothing_its_lean_trigger_leaves_out() -> None:
+    """No callbacks, conditions or queue: what a stock trigger would run on top is empty."""
+    assert not MACHINE.has_queue
+    assert not MACHINE.on_exception
+    for hook in ("prepare_event", "before_state_change", "after_state_change", "finalize_event"):
+        assert getattr(MACHINE, hook) == [], hook
+    assert MACHINE.on_final == []
+    for state in MACHINE.states.values():
+        assert (state.on_enter, state.on_exit, state.final) == ([], [], False), state.name
+    for event in MACHINE.events.values():
+        for ts in event.transitions.values():
+            assert len(ts) == 1  # the lean trigger runs the first transition only
+            (t,) = ts
+            assert (t.prepare, t.conditions, t.before, t.after) == ([], [], [], []), event.name
+
+
+@pytest.mark.parametrize("trigger", [t.trigger for t in TRANSITIONS])
+@pytest.mark.parametrize("source", list(State))
+def test_a_lean_trigger_does_what_a_stock_one_does(source: State, trigger: str) -> None:
+    """For every state and trigger, stepfsm's engine ends in the state a stock
+    ``transitions`` machine built from the same table ends in, or refuses with its
+    ``MachineError`` message."""
+    stock = build(Machine)
+    outcomes = []
+    for machine in (MACHINE, stock):
+        model = SimpleNamespace(**{ATTRIBUTE: source.value})
+        try:
+            result: object = machine.events[trigger].trigger(model)
+        except MachineError as error:
+            result = str(error)
+        outcomes.append((result, getattr(model, ATTRIBUTE)))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0][1] != source.value) == (next_state(source, trigger) is not None)
+    assert type(MACHINE.events[trigger]) is not type(stock.events[trigger])  # the lean one ran
 
 
 @pytest.mark.parametrize(
