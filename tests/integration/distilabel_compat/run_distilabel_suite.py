@@ -9,8 +9,10 @@
    interpreter by default) with ``pip download --no-deps --no-binary :all:``
    into ``.cache/distilabel-compat/`` and unpacks it; both are reused later.
 2. Runs the chosen test paths of the sdist (default: ``tests/unit``, minus the
-   tests that download models from the network) once per mode, from the sdist
-   directory with distilabel's own pytest configuration (``-c
+   tests that download models from the network) once per mode, the three modes
+   at once (``--jobs``), each from its own copy of the sdist directory (the
+   tests write into their tree: sharing one made parallel runs disagree with
+   sequential ones), with distilabel's own pytest configuration (``-c
    pytest-distilabel.ini``), never stepfsm's, and a junit XML report each:
 
    - ``plain``: distilabel alone (stepfsm is not even imported);
@@ -37,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -218,6 +221,10 @@ def run_suite(
     """Run distilabel's tests once in ``mode`` (plain / warn / raise)."""
     home = work / f"home-{mode}"
     home.mkdir(parents=True, exist_ok=True)
+    tree = work / f"sdist-{mode}"  # its own copy: distilabel's tests write into their tree
+    if not tree.exists():
+        shutil.copytree(sdist, tree)
+    sdist = tree
     xml, report = work / f"{mode}.xml", work / f"{mode}.json"
     cmd = [
         sys.executable,
@@ -301,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         default=list(DEFAULT_DESELECT),
         help="test id prefixes to leave out",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="modes run in parallel (default 1)")
+    parser.add_argument(
+        "--jobs", type=int, default=len(MODES), help="modes run at once (default: all)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--min-passed", type=int, default=1, help="fail if plain passes fewer")
     parser.add_argument("--json", type=Path, default=None, help="write the whole result here")
