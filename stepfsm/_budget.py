@@ -246,13 +246,15 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
         held.pop(lc, None)  # over: out again, then make room or wait
         meta.pop(lc, None)
         lc._booked = None
-        if amount > pool.capacity - _pinned(pool):
-            raise _exceeded(lc, pool, amount, None, pinned=True)
         victims = _victims(pool, used - pool.capacity)
         if victims:
             for victim in victims:  # an unload runs the step's own code
                 victim._evict_for(f"budget {name!r} needed room for {lc.name}")
             continue
+        # No victims: is the room pinned by this thread's own guarded calls? (Only now:
+        # when it is, the idle steps cannot free enough, so there were no victims either.)
+        if amount > pool.capacity - _pinned(pool):
+            raise _exceeded(lc, pool, amount, None, pinned=True)
         remaining = None if deadline is None else deadline - _monotonic()
         if remaining is not None and remaining <= 0:
             raise _exceeded(lc, pool, amount, timeout)
@@ -266,10 +268,13 @@ def book(lc: Lifecycle, setting: CostSetting, timeout: float | None) -> None:
 
 def _total(pool: Budget) -> float:
     """Every booking of ``pool``, decided or not: what a load decides against."""
-    # a copy first: tuple() of a dict view is one C call, so no garbage collection (and
-    # no finalizer giving a booking back, and no other thread) changes the dict while it
-    # is read; the sum of plain ints and floats is a C loop too
-    total: float = sum(tuple(pool._held.values()))
+    # One C loop, so nothing changes the dict while it is read: no bytecode runs in it (no
+    # other thread), and summing exact ints and floats allocates no object the garbage
+    # collector tracks (no collection, so no finalizer giving a booking back). The view and
+    # the iterator are allocated before the iterator notes the dict's size; a collection
+    # then only changes what the sum starts from. (``sum(map(f, view))`` was not safe: the
+    # map object is allocated after the view's iterator, and CI caught that collection.)
+    total: float = sum(pool._held.values())
     return total
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import fractions
 import gc
 import math
 import os
@@ -477,6 +479,35 @@ def test_a_step_that_dies_loaded_gives_its_room_back(pool: stepfsm.Budget) -> No
     del a
     gc.collect()
     assert pool.used == 0
+
+
+class _Size(enum.IntEnum):
+    SMALL = 5
+
+
+class _Bytes(float):
+    pass
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [7, 7.5, True + 6, _Size.SMALL, _Bytes(3.0), fractions.Fraction(3, 2)],
+    ids=["int", "float", "int-sum", "IntEnum", "float-subclass", "Fraction"],
+)
+def test_a_pool_counts_plain_ints_and_floats_whatever_the_amount_was(
+    pool: stepfsm.Budget, amount: Any
+) -> None:
+    """The pool stores every booking as an exact ``int`` or ``float``: summing those is one
+    C loop that allocates nothing the garbage collector tracks, which is what lets the
+    optimistic booking read the bookings without copying them (``_budget._total``)."""
+    step = Model("m")
+    stepfsm.lifecycle(step).cost = ("mem", amount)
+    other = Model("n")
+    stepfsm.lifecycle(other).cost = lambda _: ("mem", amount)
+    step.load()
+    other.load()
+    assert {type(v) for v in pool._held.values()} <= {int, float}
+    assert pool.used == 2 * amount
 
 
 _DIES_INSIDE_A_WAKE = """
