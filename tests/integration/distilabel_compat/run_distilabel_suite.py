@@ -9,11 +9,11 @@
    interpreter by default) with ``pip download --no-deps --no-binary :all:``
    into ``.cache/distilabel-compat/`` and unpacks it; both are reused later.
 2. Runs the chosen test paths of the sdist (default: ``tests/unit``, minus the
-   tests that download models from the network) once per mode, the three modes
-   at once (``--jobs``), each from its own copy of the sdist directory (the
-   tests write into their tree: sharing one made parallel runs disagree with
-   sequential ones), with distilabel's own pytest configuration (``-c
-   pytest-distilabel.ini``), never stepfsm's, and a junit XML report each:
+   tests that download models from the network) once per mode, one after
+   another (``--jobs 3``: at once), each from its own copy of the sdist
+   directory (the tests write into their tree: sharing one made parallel runs
+   disagree with sequential ones), with distilabel's own pytest configuration
+   (``-c pytest-distilabel.ini``), never stepfsm's, and a junit XML report each:
 
    - ``plain``: distilabel alone (stepfsm is not even imported);
    - ``warn``: ``stepfsm.integrations.distilabel.install(on_unloaded_use="warn")``,
@@ -308,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(DEFAULT_DESELECT),
         help="test id prefixes to leave out",
     )
-    parser.add_argument(
-        "--jobs", type=int, default=len(MODES), help="modes run at once (default: all)"
-    )
+    parser.add_argument("--jobs", type=int, default=1, help="modes run at once (default 1)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--min-passed", type=int, default=1, help="fail if plain passes fewer")
     parser.add_argument("--json", type=Path, default=None, help="write the whole result here")
