@@ -100,9 +100,14 @@ def finish(process: subprocess.Popen[bytes], limit: float | None) -> int:
         print(f"killed after {limit:g} s: it hung (see the stacks above)", flush=True)
         return 124
     except KeyboardInterrupt:  # its own session does not get the terminal's Ctrl-C
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait()
+        interrupt(process)
         raise
+
+
+def interrupt(process: subprocess.Popen[bytes]) -> None:
+    """Pass a Ctrl-C on to ``process``'s session and wait for it to stop."""
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait()
 
 
 def run(
@@ -286,8 +291,7 @@ def test(argv: list[str]) -> int:
                         limit=1200.0,
                     )
                 except BaseException:  # Ctrl-C: stop the property tests too
-                    os.killpg(prop.pid, signal.SIGINT)
-                    prop.wait()
+                    interrupt(prop)
                     raise
                 code = finish(prop, max(600.0 - (time.monotonic() - started), 1.0))
             print(f"\n== property tests (pytest tests/property), output kept in {log}:", flush=True)
