@@ -3,6 +3,7 @@
 Layering, bottom to top (each module imports only modules above it in this
 list; ``tests/unit/test_layout.py`` checks it):
 
+* ``_typing``    what the modules take from typing, without importing it at run time
 * ``states``     the states and the transition table, as plain data
 * ``errors``     the error and warning hierarchy, every message, the logger
 * ``_settings``  policies and their one resolver, class configuration, listeners
@@ -15,7 +16,8 @@ list; ``tests/unit/test_layout.py`` checks it):
 * ``_budget``    budgets: pools, costs, least recently used eviction
 * ``machine``    ``Lifecycle``: claims, holders, waiting, operations (sync and async),
   recovery
-* ``_group``     ``group()``: several steps loaded at once, all or nothing
+* ``_group``     ``group()``: several steps loaded at once, all or nothing (imported
+  on first use of ``stepfsm.group``)
 * ``_guard``     guards: the loaded check written into a guarded method
 * ``wrap``       ``@stateful`` / ``Stateful``: definitions, wrapping
 * ``_travel``    what a pickled step carries to another process (settings, its
@@ -39,23 +41,20 @@ user's code, bottom to top:
 from __future__ import annotations
 
 import contextlib as _contextlib
-import typing as _typing
 from collections.abc import Iterator as _Iterator
-from typing import Any as _Any
 
 from . import _travel  # wires what a pickled step carries (no public names)
 from ._budget import Budget as Budget
 from ._budget import budget as budget
 from ._budget import budgets as budgets
 from ._drain import RunningCall as RunningCall
-from ._group import Group as Group
-from ._group import group as group
 from ._release import ReleasedObject as ReleasedObject
 from ._release import ReleaseReport as ReleaseReport
 from ._settings import Configured as Configured
 from ._settings import configure as configure
 from ._settings import is_stateful as is_stateful
 from ._settings import subscribe as subscribe
+from ._typing import TYPE_CHECKING as _TYPE_CHECKING
 from .errors import AlreadyLoadedError as AlreadyLoadedError
 from .errors import BudgetExceededError as BudgetExceededError
 from .errors import CleanupWarning as CleanupWarning
@@ -91,12 +90,20 @@ from .states import State as State
 from .wrap import Stateful as Stateful
 from .wrap import stateful as stateful
 
-if _typing.TYPE_CHECKING:
+if _TYPE_CHECKING:
+    from typing import Any as _Any
+    from typing import Final as _Final
+    from typing import TypeVar as _TypeVar
+
+    _T = _TypeVar("_T")
+
+    # imported on first use: see __getattr__
+    from ._group import Group as Group
+    from ._group import group as group
     from .diagrams import diagram as diagram
 
 __version__ = "0.1.0"
 
-_T = _typing.TypeVar("_T")
 
 __all__ = [
     "AlreadyLoadedError",
@@ -249,12 +256,21 @@ def aloaded(obj: _T) -> AsyncLoaded[_T]:
 
 
 def __getattr__(name: str) -> _Any:
-    if name == "diagram":  # lazily: diagrams pulls in transitions' diagram support
-        from .diagrams import diagram
+    """The public names whose module is imported on first use (``import stepfsm`` stays light)."""
+    if name == "diagram":  # diagrams pulls in transitions' diagram support
+        from .diagrams import diagram as value
+    elif name in _GROUP:  # group() is all it needs: no step loads with it
+        from . import _group
 
-        return diagram
-    raise AttributeError(f"module 'stepfsm' has no attribute {name!r}")
+        value = getattr(_group, name)
+    else:
+        raise AttributeError(f"module 'stepfsm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+_GROUP: _Final = ("Group", "group")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "diagram"})
+    return sorted({*globals(), "diagram", *_GROUP})

@@ -25,15 +25,19 @@ a claim, a long synchronous load or a listener:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from ._typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncio
     import concurrent.futures
+    import contextvars
+    from typing import Any, Final, TypeVar
+
+    R = TypeVar("R")
 
 __all__ = [
     "Handoff",
@@ -49,19 +53,30 @@ __all__ = [
     "watch",
 ]
 
-R = TypeVar("R")
 
 #: The markers (``(lifecycle, operation)``) of the async user code the current
 #: task runs, innermost last: the task-local twin of the registry's thread stack.
-_RUNNING: Final[contextvars.ContextVar[tuple[object, ...]]] = contextvars.ContextVar(
-    "stepfsm_running", default=()
-)
+#: One context variable, made by the first async user code that runs
+#: (:func:`_running`): ``contextvars`` is imported with ``asyncio``, not here.
+_RUNNING: Final[list[contextvars.ContextVar[tuple[object, ...]]]] = []
+_MAKING: Final = threading.Lock()
 _LOCAL: Final = threading.local()
 
 
 def running() -> tuple[object, ...]:
     """The markers of the async user code the current task is running (none: ``()``)."""
-    return _RUNNING.get()
+    return _RUNNING[0].get() if _RUNNING else ()
+
+
+def _running() -> contextvars.ContextVar[tuple[object, ...]]:
+    """The context variable behind :func:`running`, made once (whichever thread asks first)."""
+    if not _RUNNING:
+        with _MAKING:
+            if not _RUNNING:
+                import contextvars
+
+                _RUNNING.append(contextvars.ContextVar("stepfsm_running", default=()))
+    return _RUNNING[0]
 
 
 class Link:
@@ -127,6 +142,7 @@ async def in_thread(fn: Callable[[], R], settle: bool = True) -> R:
     interrupted: the task is released at once and the thread finishes alone.
     """
     import asyncio
+    import contextvars
 
     loop = asyncio.get_running_loop()
     link = Link(loop, asyncio.current_task(loop))
@@ -212,7 +228,8 @@ async def _marked(coro: Coroutine[Any, Any, R], marker: object, link: Link) -> R
     if link.cancelled:  # cancelled between run_coroutine() and this task's start
         coro.close()
         raise asyncio.CancelledError
-    _RUNNING.set((*_RUNNING.get(), marker))  # this task's own context: no reset needed
+    markers = _running()
+    markers.set((*markers.get(), marker))  # this task's own context: no reset needed
     link.task = asyncio.current_task()
     try:
         return await coro

@@ -33,15 +33,20 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _aio, _drain, registry
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import BudgetExceededError, DefinitionError, format_amount
 from .registry import UsedToken
 from .states import State
 
 if TYPE_CHECKING:
+    from typing import Any, Final
+
     from .machine import Lifecycle
+
+    Cost = tuple[str, float]
+    CostSetting = Cost | Callable[[Any], Cost]
 
 __all__ = [
     "Budget",
@@ -55,8 +60,6 @@ __all__ = [
     "watch_idle",
 ]
 
-Cost = tuple[str, float]
-CostSetting = Cost | Callable[[Any], Cost]
 
 _monotonic: Final = time.monotonic
 _INF: Final = float("inf")

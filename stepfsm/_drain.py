@@ -40,7 +40,11 @@ import time
 import weakref
 from collections.abc import Callable
 from types import CodeType, CoroutineType, FrameType, GeneratorType
-from typing import Any, Final, NamedTuple
+
+from ._typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = [
     "HOLDER",

@@ -36,27 +36,31 @@ cycle, a function call is a measurable part of its cost.)
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
-
 from transitions import Machine, MachineError
 from transitions import core as _core
 
+from ._typing import TYPE_CHECKING
 from .errors import StepStateError
-from .states import INITIAL, TRANSITIONS, State, Trigger
+from .states import INITIAL, TRANSITIONS, State
 
-__all__ = ["ATTRIBUTE", "EVENTS", "MACHINE", "STATES", "MachineError", "Model", "build", "refused"]
+if TYPE_CHECKING:
+    from typing import Any, Final, Protocol
+
+    from .states import Trigger
+
+    class Model(Protocol):
+        """What the engine needs of a model: its attribute, and a name for errors."""
+
+        _engine_state: str
+
+        @property
+        def name(self) -> str: ...
+
+
+__all__ = ["ATTRIBUTE", "EVENTS", "MACHINE", "STATES", "MachineError", "build", "refused"]
 
 #: The model attribute the engine keeps its string state in.
 ATTRIBUTE: Final = "_engine_state"
-
-
-class Model(Protocol):
-    """What the engine needs of a model: its attribute, and a name for errors."""
-
-    _engine_state: str
-
-    @property
-    def name(self) -> str: ...
 
 
 class _State(_core.State):

@@ -50,10 +50,13 @@ import sys
 import textwrap
 import types
 from collections.abc import Callable, Generator
-from typing import Any, Final
 
 from . import _drain, machine, registry
 from ._settings import LOADED_FLAG
+from ._typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = ["make_guard"]
 

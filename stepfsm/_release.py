@@ -34,10 +34,13 @@ import time
 import types
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NamedTuple
 
 from . import _snapshot
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import format_bytes
+
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = [
     "DEFERRED",

@@ -21,22 +21,32 @@ import inspect
 import threading
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, get_args
 
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import bad_listener
 
 if TYPE_CHECKING:
+    from typing import Any, Final, Literal
+
     from .machine import Lifecycle, TransitionRecord
+
+    # the policy types (``tests/unit/test_settings.py`` checks each against POLICIES)
+    OnRepeat = Literal["raise", "warn", "ignore"]
+    OnUnloadedUse = Literal["raise", "warn", "ignore"]
+    OnLeak = Literal["raise", "warn", "ignore"]
+    Listener = Callable[[Lifecycle, TransitionRecord], object]
+    #: The settings :func:`resolve` knows, and the type of each.
+    Setting = Literal[
+        "on_repeat", "on_unloaded_use", "timeout", "on_leak", "drain_timeout", "idle_timeout"
+    ]
 
 __all__ = [
     "LISTENERS",
     "ClassConfig",
     "Configured",
     "Layer",
-    "OnLeak",
-    "OnRepeat",
     "LOADED_FLAG",
-    "OnUnloadedUse",
+    "POLICIES",
     "check_policy",
     "check_timeout",
     "class_config",
@@ -50,16 +60,8 @@ __all__ = [
     "unpatch",
 ]
 
-OnRepeat = Literal["raise", "warn", "ignore"]
-OnUnloadedUse = Literal["raise", "warn", "ignore"]
-OnLeak = Literal["raise", "warn", "ignore"]
-Listener = Callable[["Lifecycle", "TransitionRecord"], object]
-#: The settings :func:`resolve` knows, and the type of each.
-Setting = Literal[
-    "on_repeat", "on_unloaded_use", "timeout", "on_leak", "drain_timeout", "idle_timeout"
-]
-
-POLICIES: Final = frozenset(get_args(OnRepeat))
+#: The values of each policy (``on_repeat``, ``on_unloaded_use``, ``on_leak``).
+POLICIES: Final = frozenset({"raise", "warn", "ignore"})
 
 #: The instance attribute that is ``True`` exactly while a step (whose class
 #: has a ``__dict__``) is loaded: the guards' fast path reads it. Stateful

@@ -26,9 +26,17 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from operator import is_
-from typing import Any, Final
 
 from ._settings import LOADED_FLAG, ClassConfig, class_config, patch
+from ._typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    Values = dict[str, Any]
+
+    #: ``fn(step, rebuild, args) -> (rebuild, args)``: what every reduce of a step goes through.
+    Reducer = Callable[[Any, Any, Any], tuple[Any, Any]]
 
 __all__ = [
     "attributes",
@@ -46,8 +54,6 @@ __all__ = [
 ]
 
 _MISSING: Final[Any] = object()
-
-Values = dict[str, Any]
 
 
 class Record:
@@ -228,8 +234,6 @@ def preload_state(obj: object, state: Values, private: bool = False) -> Values:
 
 # ------------------------------------------------------------------ copy hooks
 
-#: ``fn(step, rebuild, args) -> (rebuild, args)``: what every reduce of a step goes through.
-Reducer = Callable[[Any, Any, Any], tuple[Any, Any]]
 _reducer: Reducer | None = None
 
 

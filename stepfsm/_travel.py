@@ -31,20 +31,24 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
-from typing import Any, Final
 
 from . import _snapshot, registry
 from ._settings import class_config
+from ._typing import TYPE_CHECKING
 from .errors import log
 from .machine import lifecycle
 from .wrap import stateful
 
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    #: ``(module, function name, settings)``: ``module.function(settings)`` runs on arrival.
+    Requirement = tuple[str, str, dict[str, Any]]
+    #: ``(requirements, class options or None, instance settings or None)``
+    Travel = tuple[tuple[Requirement, ...], "dict[str, Any] | None", "dict[str, Any] | None"]
+
 __all__ = ["arrive", "reduce", "require", "requirements"]
 
-#: ``(module, function name, settings)``: ``module.function(settings)`` runs on arrival.
-Requirement = tuple[str, str, dict[str, Any]]
-#: ``(requirements, class options or None, instance settings or None)``
-Travel = tuple[tuple[Requirement, ...], "dict[str, Any] | None", "dict[str, Any] | None"]
 
 _LOCK: Final = threading.Lock()
 #: key -> requirement, for every step pickled in this process (copy-on-write).

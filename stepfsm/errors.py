@@ -28,11 +28,13 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
 
+from ._typing import TYPE_CHECKING
 from .states import State
 
 if TYPE_CHECKING:
+    from typing import Any, Final
+
     from ._drain import RunningCall
 
 __all__ = [

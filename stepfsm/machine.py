@@ -40,15 +40,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar, cast
 
 from . import _aio, _budget, _drain, _engine, _settings, _snapshot, registry
 from . import _release as _rel  # the module (Lifecycle has a method _release)
 from ._settings import (
     ClassConfig,
-    OnLeak,
-    OnRepeat,
-    OnUnloadedUse,
     check_policy,
     check_timeout,
     class_config,
@@ -56,6 +52,7 @@ from ._settings import (
     raise_original,
     resolve,
 )
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import (
     AlreadyLoadedError,
     CleanupWarning,
@@ -79,12 +76,20 @@ from .errors import (
     not_stateful,
     sync_on_async,
 )
-from .states import INITIAL, State, Trigger
+from .states import INITIAL, State
 
 if TYPE_CHECKING:
     import asyncio
     import datetime as _dt
     from types import TracebackType
+    from typing import Any, Final, TypeVar
+
+    from ._settings import OnLeak, OnRepeat, OnUnloadedUse
+    from .states import Trigger
+
+    _Step = TypeVar("_Step")
+else:
+    _Step = object  # what AsyncLoaded's base is subscripted with at run time
 
 __all__ = [
     "AsyncLoaded",
@@ -1995,18 +2000,24 @@ def require_loaded(obj: object, operation: str) -> registry.Token | None:
         token = _token_to_hold(lc, obj, operation)
         if token is _RESTORE:
             lc._restore_flag(operation)
-        elif token is not _AGAIN:
-            return cast("registry.Token | None", token)
+        elif not isinstance(token, _Wait):  # not _AGAIN
+            return token
+
+
+class _Wait:
+    """A sentinel of :func:`_token_to_hold`: the slow path must wait again."""
+
+    __slots__ = ()
 
 
 #: :func:`_token_to_hold`'s answers when the slow path must wait again: a transition
 #: began after its wait; or the step is ``loaded`` without its flag (an unload taking
 #: it away, or a replaced ``__dict__``), to be set again under the claim
-_AGAIN: Final = object()
-_RESTORE: Final = object()
+_AGAIN: Final = _Wait()
+_RESTORE: Final = _Wait()
 
 
-def _token_to_hold(lc: Lifecycle, obj: object, operation: str) -> object:
+def _token_to_hold(lc: Lifecycle, obj: object, operation: str) -> registry.Token | _Wait | None:
     """After a guard's slow path waited: the token its call holds, ``None``, or a sentinel.
 
     ``None`` when the call may run without the token: inside the step's own
@@ -2059,18 +2070,16 @@ async def arequire_token(obj: object, operation: str) -> registry.Token | None:
         token = _token_to_hold(lc, obj, operation)
         if token is _RESTORE:  # never a blocking claim on the loop: an unload may need it
             await lc._arestore_flag(operation)
-        elif token is not _AGAIN:
-            return cast("registry.Token | None", token)
+        elif not isinstance(token, _Wait):  # not _AGAIN
+            return token
 
 
-_Step = TypeVar("_Step")
-
-
-class AsyncLoaded(Generic[_Step]):
+class AsyncLoaded(contextlib.AbstractAsyncContextManager[_Step]):
     """``async with lifecycle.aloaded():`` hold the step loaded for the block, yield it.
 
     Generic in the step's type: ``stepfsm.aloaded(step)`` yields ``step`` with its
-    own type (``Lifecycle.aloaded()`` does not know it: ``Any``).
+    own type (``Lifecycle.aloaded()`` does not know it: ``Any``). Its base, the
+    standard async context manager, makes it generic without importing typing.
     """
 
     __slots__ = ("_lifecycle", "_token")
@@ -2098,7 +2107,10 @@ class AsyncLoaded(Generic[_Step]):
             if handoff.take_back():  # the hold is ours, but the block will not run
                 await _aio.in_thread(lambda: lc._release(token))
             raise
-        return cast(_Step, lc.owner_ref())  # alive: this block holds it
+        owner = lc.owner_ref()
+        assert owner is not None  # alive: this block holds it
+        step: _Step = owner
+        return step
 
     async def __aexit__(
         self,

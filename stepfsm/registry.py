@@ -32,15 +32,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _release, _snapshot
 from ._settings import LOADED_FLAG, ClassConfig
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import LeakWarning, ResourceLeakError, emit, format_amount, format_bytes
 from .states import State
 
 if TYPE_CHECKING:
     import datetime as _dt
+    from typing import Any, Final
 
     from .machine import Lifecycle
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Final, Literal, NamedTuple
+
+from ._typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Final, Literal
+
+    Trigger = Literal["begin_load", "finish_load", "begin_unload", "finish_unload", "fail"]
 
 __all__ = [
     "INITIAL",
@@ -36,9 +42,6 @@ class State(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-Trigger = Literal["begin_load", "finish_load", "begin_unload", "finish_unload", "fail"]
 
 
 class Transition(NamedTuple):
@@ -99,3 +102,14 @@ _INDEX: Final = _build_index(TRANSITIONS)
 def next_state(state: State, trigger: str) -> State | None:
     """Return where ``trigger`` takes ``state``, or ``None`` if the table has no such row."""
     return _INDEX.get((state, trigger))
+
+
+if not TYPE_CHECKING:  # hidden from the type checker, which reads the alias above
+
+    def __getattr__(name: str) -> object:
+        """``Trigger`` at run time, made when asked: ``import stepfsm`` imports no typing."""
+        if name == "Trigger":
+            from typing import Literal
+
+            return Literal[tuple(dict.fromkeys(row.trigger for row in TRANSITIONS))]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,16 +26,12 @@ import copyreg
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar, overload
 
 from . import _budget, _guard, _snapshot, machine
 from ._settings import (
     LOADED_FLAG,
     ClassConfig,
     Layer,
-    OnLeak,
-    OnRepeat,
-    OnUnloadedUse,
     check_policy,
     check_timeout,
     class_config,
@@ -43,6 +39,7 @@ from ._settings import (
     patch,
     unpatch,
 )
+from ._typing import TYPE_CHECKING
 from .errors import (
     DefinitionError,
     bad_method,
@@ -56,9 +53,15 @@ from .errors import (
     unknown_options,
 )
 
+if TYPE_CHECKING:
+    from typing import Any, Final, TypeVar, overload
+
+    from ._settings import OnLeak, OnRepeat, OnUnloadedUse
+
+    C = TypeVar("C", bound=type)
+
 __all__ = ["Stateful", "is_stateful", "make_stateful", "stateful", "unmake_stateful"]
 
-C = TypeVar("C", bound=type)
 
 #: The options ``@stateful`` and ``Stateful`` accept.
 OPTIONS: Final = (
@@ -75,24 +78,25 @@ OPTIONS: Final = (
 )
 
 
-@overload
-def stateful(cls: C, /) -> C: ...
+if TYPE_CHECKING:  # the overloads are the type checker's only
 
+    @overload
+    def stateful(cls: C, /) -> C: ...
 
-@overload
-def stateful(
-    *,
-    load: str | None = None,
-    unload: str | None = None,
-    guard: Iterable[str] = (),
-    on_repeat: OnRepeat | None = None,
-    on_unloaded_use: OnUnloadedUse | None = None,
-    timeout: float | None = None,
-    on_leak: OnLeak | None = None,
-    drain_timeout: float | None = None,
-    cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
-    idle_timeout: float | None = None,
-) -> Callable[[C], C]: ...
+    @overload
+    def stateful(
+        *,
+        load: str | None = None,
+        unload: str | None = None,
+        guard: Iterable[str] = (),
+        on_repeat: OnRepeat | None = None,
+        on_unloaded_use: OnUnloadedUse | None = None,
+        timeout: float | None = None,
+        on_leak: OnLeak | None = None,
+        drain_timeout: float | None = None,
+        cost: tuple[str, float] | Callable[[Any], tuple[str, float]] | None = None,
+        idle_timeout: float | None = None,
+    ) -> Callable[[C], C]: ...
 
 
 def stateful(

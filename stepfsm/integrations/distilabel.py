@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from distilabel.models.embeddings.base import Embeddings
 from distilabel.models.image_generation.base import ImageGenerationModel
@@ -62,9 +62,12 @@ from distilabel.models.llms.base import LLM
 from distilabel.steps.base import _Step
 
 from .. import registry
-from .._settings import Layer, OnLeak, OnRepeat, OnUnloadedUse, check_policy
+from .._settings import Layer, check_policy
 from ..wrap import install_subclass_hook, make_stateful, unmake_stateful
 from . import _distilabel_ray
+
+if TYPE_CHECKING:
+    from .._settings import OnLeak, OnRepeat, OnUnloadedUse
 
 __all__ = ["BASES", "LAYER", "arrive", "install", "installed", "uninstall"]
 

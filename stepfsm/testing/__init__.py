@@ -33,7 +33,8 @@ in ``stepfsm`` imports it, so ``import stepfsm`` never needs it.
 
 Layering, bottom to top (each module imports only modules above it in this
 list, and of stepfsm only its public modules ``errors``, ``states``,
-``machine`` and ``wrap``, plus the ``OnRepeat`` type from ``_settings``):
+``machine`` and ``wrap``, plus, for the type checker, the ``OnRepeat`` type from
+``_settings``):
 
 * ``_ops``        the vocabulary: operations, how the step's own code ends, outcomes
 * ``model``       the reference model: :func:`model_step`, :func:`candidates`

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Final, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, get_args
 
-# The kit's one import from a private stepfsm module: the type of
-# ``Lifecycle.on_repeat`` (and of ``@stateful(on_repeat=...)``), which stepfsm
-# defines in ``_settings`` and does not export.
-from .._settings import OnRepeat
+if TYPE_CHECKING:
+    # The kit's one import from a private stepfsm module: the type of
+    # ``Lifecycle.on_repeat`` (and of ``@stateful(on_repeat=...)``), which stepfsm
+    # defines in ``_settings`` for the type checker only and does not export.
+    from .._settings import OnRepeat as OnRepeat
 
 __all__ = [
     "ASYNC_OPS",
@@ -24,7 +25,6 @@ __all__ = [
     "AsyncOp",
     "Behaviour",
     "Kind",
-    "OnRepeat",
     "Op",
     "Outcome",
     "Ran",

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ._ops import AnyOp, OnRepeat, Outcome
+from ._ops import AnyOp, Outcome
 from .model import Config, candidates
 from .observer import Observed, mismatches
+
+if TYPE_CHECKING:
+    from ._ops import OnRepeat
 
 __all__ = ["Call", "linearize"]
 

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -46,7 +46,7 @@ from ..errors import (
 from ..machine import TransitionRecord, lifecycle
 from ..states import State
 from ..wrap import is_stateful
-from ._ops import ASYNC_OPS, OPS, AnyOp, AsyncOp, OnRepeat, Op, Outcome, Ran
+from ._ops import ASYNC_OPS, OPS, AnyOp, AsyncOp, Op, Outcome, Ran
 from .linearizer import Call, linearize
 from .model import Config, Result, candidates
 from .observer import (
@@ -61,6 +61,9 @@ from .observer import (
     ran_from,
     records_after,
 )
+
+if TYPE_CHECKING:
+    from ._ops import OnRepeat
 
 __all__ = ["STEP", "LifecycleMachine", "Tracked", "check_lifecycle"]
 

@@ -11,7 +11,7 @@ operation (``aload``, ...) is judged as its synchronous twin
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ..errors import (
     AlreadyLoadedError,
@@ -25,7 +25,10 @@ from ..errors import (
     UnloadError,
 )
 from ..states import INITIAL, State, next_state
-from ._ops import OPS, OUTCOMES, AnyOp, Behaviour, Kind, OnRepeat, Outcome, Ran, model_op
+from ._ops import OPS, OUTCOMES, AnyOp, Behaviour, Kind, Outcome, Ran, model_op
+
+if TYPE_CHECKING:
+    from ._ops import OnRepeat
 
 __all__ = ["Config", "Holders", "ModelError", "Result", "candidates", "model_step"]
 

@@ -23,13 +23,16 @@ import os
 import time
 from collections.abc import Hashable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fsm_driver import Action, Subject, act, alphabet, describe, dispose, fingerprint, replay, run
 
 import stepfsm
-from stepfsm._settings import OnRepeat
 from stepfsm.testing import Config
+
+if TYPE_CHECKING:
+    from stepfsm._settings import OnRepeat
 
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
 DEPTH = 6

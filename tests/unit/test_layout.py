@@ -147,7 +147,8 @@ class PrivateRead:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+    """``if TYPE_CHECKING:`` (the face imports it as ``_TYPE_CHECKING``)."""
+    return (isinstance(test, ast.Name) and test.id.endswith("TYPE_CHECKING")) or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
     )
 
