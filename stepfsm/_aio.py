@@ -59,7 +59,6 @@ __all__ = [
 #: One context variable, made by the first async user code that runs
 #: (:func:`_running`): ``contextvars`` is imported with ``asyncio``, not here.
 _RUNNING: Final[list[contextvars.ContextVar[tuple[object, ...]]]] = []
-_MAKING: Final = threading.Lock()
 _LOCAL: Final = threading.local()
 
 
@@ -69,13 +68,15 @@ def running() -> tuple[object, ...]:
 
 
 def _running() -> contextvars.ContextVar[tuple[object, ...]]:
-    """The context variable behind :func:`running`, made once (whichever thread asks first)."""
-    if not _RUNNING:
-        with _MAKING:
-            if not _RUNNING:
-                import contextvars
+    """The context variable behind :func:`running`: the first one ever made.
 
-                _RUNNING.append(contextvars.ContextVar("stepfsm_running", default=()))
+    No lock (a fork could leave one held): two threads that both find none
+    each append one, and both use the first.
+    """
+    if not _RUNNING:
+        import contextvars
+
+        _RUNNING.append(contextvars.ContextVar("stepfsm_running", default=()))
     return _RUNNING[0]
 
 

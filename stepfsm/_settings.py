@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from .machine import Lifecycle, TransitionRecord
 
-    # the policy types (``tests/unit/test_settings.py`` checks each against POLICIES)
+    # the policy types (tests/unit/test_typing_at_runtime.py checks each against POLICIES)
     OnRepeat = Literal["raise", "warn", "ignore"]
     OnUnloadedUse = Literal["raise", "warn", "ignore"]
     OnLeak = Literal["raise", "warn", "ignore"]

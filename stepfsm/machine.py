@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from types import FrameType
+from types import FrameType, GenericAlias
 
 from . import _aio, _budget, _drain, _engine, _settings, _snapshot, registry
 from . import _release as _rel  # the module (Lifecycle has a method _release)
@@ -82,14 +82,25 @@ if TYPE_CHECKING:
     import asyncio
     import datetime as _dt
     from types import TracebackType
-    from typing import Any, Final, TypeVar
+    from typing import Any, Final, Generic, TypeVar
 
     from ._settings import OnLeak, OnRepeat, OnUnloadedUse
     from .states import Trigger
 
     _Step = TypeVar("_Step")
+
+    class _Generic(Generic[_Step]):
+        __slots__ = ()
+
 else:
     _Step = object  # what AsyncLoaded's base is subscripted with at run time
+
+    class _Generic:
+        """``Generic[_Step]`` at run time, without typing: subscripting gives an alias."""
+
+        __slots__ = ()
+        __class_getitem__ = classmethod(GenericAlias)
+
 
 __all__ = [
     "AsyncLoaded",
@@ -865,7 +876,7 @@ class Lifecycle:
 
     def aloaded(self) -> AsyncLoaded[Any]:
         """:meth:`loaded` for ``async with``: hold the step loaded, yield it."""
-        return AsyncLoaded(self)
+        return AsyncLoaded(self, self.owner_ref())
 
     async def arequire_loaded(self, operation: str = "require_loaded") -> None:
         """:meth:`require_loaded`, awaiting a transition instead of blocking the loop."""
@@ -2074,18 +2085,20 @@ async def arequire_token(obj: object, operation: str) -> registry.Token | None:
             return token
 
 
-class AsyncLoaded(contextlib.AbstractAsyncContextManager[_Step]):
+class AsyncLoaded(_Generic[_Step]):
     """``async with lifecycle.aloaded():`` hold the step loaded for the block, yield it.
 
     Generic in the step's type: ``stepfsm.aloaded(step)`` yields ``step`` with its
-    own type (``Lifecycle.aloaded()`` does not know it: ``Any``). Its base, the
-    standard async context manager, makes it generic without importing typing.
+    own type (``Lifecycle.aloaded()`` does not know it: ``Any``). It keeps the step
+    alive, so ``async with stepfsm.aloaded(Step()) as step:`` works like its
+    ``with`` twin.
     """
 
-    __slots__ = ("_lifecycle", "_token")
+    __slots__ = ("_lifecycle", "_step", "_token")
 
-    def __init__(self, lc: Lifecycle) -> None:
+    def __init__(self, lc: Lifecycle, step: _Step) -> None:
         self._lifecycle = lc
+        self._step = step
         self._token = _ContextHold()
 
     async def __aenter__(self) -> _Step:
@@ -2107,10 +2120,7 @@ class AsyncLoaded(contextlib.AbstractAsyncContextManager[_Step]):
             if handoff.take_back():  # the hold is ours, but the block will not run
                 await _aio.in_thread(lambda: lc._release(token))
             raise
-        owner = lc.owner_ref()
-        assert owner is not None  # alive: this block holds it
-        step: _Step = owner
-        return step
+        return self._step
 
     async def __aexit__(
         self,

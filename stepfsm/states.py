@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from typing import Final, Literal
 
     Trigger = Literal["begin_load", "finish_load", "begin_unload", "finish_unload", "fail"]
+else:
+    Trigger = str  # at run time (typing is not imported): what get_type_hints() resolves
 
 __all__ = [
     "INITIAL",
@@ -102,14 +104,3 @@ _INDEX: Final = _build_index(TRANSITIONS)
 def next_state(state: State, trigger: str) -> State | None:
     """Return where ``trigger`` takes ``state``, or ``None`` if the table has no such row."""
     return _INDEX.get((state, trigger))
-
-
-if not TYPE_CHECKING:  # hidden from the type checker, which reads the alias above
-
-    def __getattr__(name: str) -> object:
-        """``Trigger`` at run time, made when asked: ``import stepfsm`` imports no typing."""
-        if name == "Trigger":
-            from typing import Literal
-
-            return Literal[tuple(dict.fromkeys(row.trigger for row in TRANSITIONS))]
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

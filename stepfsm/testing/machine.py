@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn, TypeVar
 
@@ -87,7 +87,8 @@ _AWAITED_OPS: Final[tuple[AsyncOp, ...]] = tuple(
     op for op in ASYNC_OPS if op not in ("aenter", "aexit")
 )
 #: The awaited operations of the concurrent rules; ``aloaded`` is a whole
-#: ``async with aloaded(step): await use`` block (three calls: aenter, ause, aexit).
+#: ``async with aloaded(step): await use`` block (three calls: aenter, ause, aexit;
+#: as in ``async with``, a failed entry ends it: neither the use nor the exit runs).
 _CONCURRENT_AOPS: Final[tuple[str, ...]] = (
     "aload",
     "aensure_loaded",
@@ -643,6 +644,25 @@ class LifecycleMachine(RuleBasedStateMachine):
             return ["aenter", "ause", "aexit"]
         return [op]  # type: ignore[list-item]
 
+    async def _run_plan(
+        self, obj: Any, ops: Sequence[AnyOp], clock: Iterator[int], made: list[Call]
+    ) -> None:
+        """One caller's awaited calls, in order, each appended to ``made`` as it ends.
+
+        As in ``async with``, an ``aenter`` that raised ends an ``aloaded``
+        block: the block was never entered, so neither its use nor its exit runs.
+        """
+        blocks: list[Any] = []
+        for op in ops:
+            invoked = next(clock)
+            observed = await aperform(
+                obj, op, ause=self.ause, use=self.use, record_warnings=False, blocks=blocks
+            )
+            responded = next(clock)
+            made.append(Call(op, invoked, responded, observed, self.default_outcome))
+            if op == "aenter" and observed.error is not None:
+                return
+
     def _run_concurrently(self, tracked: Tracked, callers: list[tuple[Where, list[AnyOp]]]) -> None:
         """Run every caller's calls at once on ``tracked``; the history must linearize.
 
@@ -676,14 +696,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.before_call(tracked, op, self.default_outcome)
 
         async def run_plan(index: int) -> None:
-            blocks: list[Any] = []
-            for op in callers[index][1]:
-                invoked = next(clock)
-                observed = await aperform(
-                    obj, op, ause=self.ause, use=self.use, record_warnings=False, blocks=blocks
-                )
-                responded = next(clock)
-                made[index].append(Call(op, invoked, responded, observed, self.default_outcome))
+            await self._run_plan(obj, callers[index][1], clock, made[index])
 
         def in_thread(number: int) -> None:
             index = in_threads[number]

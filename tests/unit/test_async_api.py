@@ -150,6 +150,33 @@ def test_async_functions_return_what_the_user_code_returned(kind: str) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_aloaded_keeps_a_step_nobody_else_holds(kind: str) -> None:
+    """``async with stepfsm.aloaded(Step()) as step:`` works like its ``with`` twin.
+
+    The step is made in the call and held by nothing else; the context manager
+    keeps it alive for the block (it used to be collected before the load ran).
+    """
+    cls = type(make(kind))
+
+    async def main() -> None:
+        async with stepfsm.aloaded(cls("temporary")) as step:
+            assert isinstance(step, cls)
+            assert stepfsm.state(step) is State.LOADED
+            assert step.loads == 1
+        assert stepfsm.state(step) is State.UNLOADED
+
+    run(main())
+
+
+def test_aloaded_is_generic_and_slotted() -> None:
+    step = make("async")
+    held = stepfsm.aloaded(step)
+    assert stepfsm.AsyncLoaded[AsyncStep].__origin__ is stepfsm.AsyncLoaded
+    with pytest.raises(AttributeError):
+        held.other = 1  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------ pass-through
 
 

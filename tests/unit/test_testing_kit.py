@@ -347,6 +347,41 @@ def test_lifecycle_machine_can_be_subclassed_with_own_rules() -> None:
     test_case("runTest").runTest()
 
 
+class FirstLoadFailsMachine(LifecycleMachine):
+    def make(self) -> Any:
+        return GoodFirstLoadFails()
+
+    def is_held(self, obj: Any) -> bool:
+        return res_held(obj)
+
+
+@pytest.mark.parametrize("where", ["task", "thread"])
+def test_a_failed_entry_ends_an_aloaded_block(where: str) -> None:
+    """The kit runs ``async with aloaded(step): await use`` as ``async with`` does.
+
+    Its entry raised (the first load fails), so neither the use nor the exit
+    runs. Running the exit of a block never entered was refused (no hold) and,
+    when another caller's acquire held the step by then, matched no order the
+    model allows: a correct class failed the check now and then.
+    """
+    machine = FirstLoadFailsMachine()
+    try:
+        machine.first_instance()
+        obj = machine.instance(0)
+        made: list[Any] = []
+        plan = machine._run_plan(obj, ["aenter", "ause", "aexit"], itertools.count(), made)
+        if where == "task":
+            machine.run_async(plan)
+        else:
+            asyncio.run(plan)
+        assert [(call.op, type(call.observed.error)) for call in made] == [
+            ("aenter", stepfsm.LoadError)
+        ]
+        assert stepfsm.state(obj) is stepfsm.State.FAILED
+    finally:
+        machine.teardown()
+
+
 class LoadBypassesStepfsm(Good):
     """Broken: each instance replaces its load() with an unwrapped one, bypassing stepfsm."""
 
