@@ -146,7 +146,7 @@ class PrivateRead:
     name: str  # module.name
 
 
-def _is_type_checking(test: ast.expr) -> bool:
+def is_type_checking(test: ast.expr) -> bool:
     """``if TYPE_CHECKING:`` (the face imports it as ``_TYPE_CHECKING``)."""
     return (isinstance(test, ast.Name) and test.id.endswith("TYPE_CHECKING")) or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
@@ -155,6 +155,15 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def import_base(node: ast.ImportFrom, package: str) -> str:
+    """The module ``from <it> import ...`` names, relative ones read from ``package``."""
+    if not node.level:
+        return node.module or ""
+    parts = package.split(".")
+    base = ".".join(parts[: len(parts) - node.level + 1])
+    return f"{base}.{node.module}" if node.module else base
 
 
 class _Reader(ast.NodeVisitor):
@@ -181,7 +190,7 @@ class _Reader(ast.NodeVisitor):
         return "type" if self.type_only else "lazy" if self.functions else "module"
 
     def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
+        if is_type_checking(node.test):
             self.type_only += 1
             for child in node.body:
                 self.visit(child)
@@ -227,12 +236,7 @@ class _Reader(ast.NodeVisitor):
                     self.scopes[-1][NAME] = FACE
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        if node.level:
-            parts = self.package.split(".")
-            base = ".".join(parts[: len(parts) - node.level + 1])
-            base = f"{base}.{node.module}" if node.module else base
-        else:
-            base = node.module or ""
+        base = import_base(node, self.package)
         if base != NAME and not base.startswith(NAME + "."):
             return
         for alias in node.names:
@@ -420,10 +424,15 @@ def test_import_stepfsm_loads_exactly_the_module_level_closure() -> None:
     assert not [m for m in expected if unit_of(m) in on_demand], (
         f"`import stepfsm` reaches layers meant to be imported only when used: {on_demand}"
     )
-    path = os.pathsep.join(p for p in (str(PACKAGE.parent), os.environ.get("PYTHONPATH")) if p)
     code = (
         f"import sys, {NAME}\nprint(sorted(m for m in sys.modules if m.split('.')[0] == {NAME!r}))"
     )
+    assert run_fresh(code) == str(sorted(expected))
+
+
+def run_fresh(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter that imports this checkout's stepfsm."""
+    path = os.pathsep.join(p for p in (str(PACKAGE.parent), os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PYTHONPATH": path},
@@ -432,7 +441,7 @@ def test_import_stepfsm_loads_exactly_the_module_level_closure() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(sorted(expected))
+    return done.stdout.strip()
 
 
 def _exported(init: Path) -> list[str]:

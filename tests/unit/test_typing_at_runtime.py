@@ -19,22 +19,17 @@ from __future__ import annotations
 import ast
 import copy
 import inspect
-import os
 import pickle
-import subprocess
 import sys
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 import stepfsm
 from stepfsm import _budget, _settings, registry, states
 from stepfsm._typing import NamedTuple
-
-PACKAGE = Path(stepfsm.__file__).resolve().parent
-
+from tests.unit.test_layout import dotted, import_base, is_type_checking, module_files, run_fresh
 
 # ------------------------------------------------------------ import stepfsm
 
@@ -43,25 +38,11 @@ PACKAGE = Path(stepfsm.__file__).resolve().parent
     sys.version_info < (3, 11), reason="on 3.10 the exceptiongroup backport imports typing"
 )
 def test_import_stepfsm_imports_no_typing() -> None:
-    path = os.pathsep.join(p for p in (str(PACKAGE.parent), os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys, stepfsm; print('typing' in sys.modules)"],
-        env={**os.environ, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False", "`import stepfsm` imported typing"
+    printed = run_fresh("import sys, stepfsm; print('typing' in sys.modules)")
+    assert printed == "False", "`import stepfsm` imported typing"
 
 
 # ------------------------------------------- names only the type checker sees
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id.endswith("TYPE_CHECKING")) or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
 
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
@@ -93,7 +74,7 @@ def checker_only(tree: ast.Module) -> set[str]:
     only: set[str] = set()
     runtime: set[str] = set()
     for node in tree.body:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and is_type_checking(node.test):
             only |= _bound_names(node.body)
             runtime |= _bound_names(node.orelse)
         else:
@@ -117,7 +98,7 @@ class _Uses(ast.NodeVisitor):
         self.found: list[tuple[int, str]] = []
 
     def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
+        if is_type_checking(node.test):
             for child in node.orelse:
                 self.visit(child)
         else:
@@ -170,11 +151,6 @@ class _Uses(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def _runtime_imports(
     tree: ast.Module, module: str, is_package: bool
 ) -> list[tuple[int, str, str, str]]:
@@ -184,15 +160,11 @@ def _runtime_imports(
 
     def walk(nodes: list[ast.stmt] | list[ast.AST]) -> None:
         for node in nodes:
-            if isinstance(node, ast.If) and _is_type_checking(node.test):
+            if isinstance(node, ast.If) and is_type_checking(node.test):
                 walk(list(node.orelse))
                 continue
             if isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    head = ".".join(parts[: len(parts) - node.level + 1])
-                    base = f"{head}.{base}" if base else head
+                base = import_base(node, package)
                 found.extend(
                     (node.lineno, base, alias.name, alias.asname or alias.name)
                     for alias in node.names
@@ -222,9 +194,8 @@ def violations(sources: dict[str, tuple[str, bool]]) -> list[str]:
 
 def test_no_name_for_the_type_checker_is_read_at_run_time() -> None:
     sources = {
-        _module_name(path): (path.read_text(encoding="utf-8"), path.name == "__init__.py")
-        for path in sorted(PACKAGE.rglob("*.py"))
-        if "__pycache__" not in path.parts
+        dotted(path): (path.read_text(encoding="utf-8"), path.name == "__init__.py")
+        for path in module_files().values()
     }
     assert "stepfsm._settings" in sources
     assert violations(sources) == []
@@ -397,11 +368,11 @@ def test_stepfsms_records_are_records_with_their_types(record: type[tuple[object
 
 def _checker_aliases(module: object) -> dict[str, ast.expr]:
     """The aliases a module assigns under ``if TYPE_CHECKING:``, by name (read from source)."""
-    tree = ast.parse(Path(inspect.getfile(module)).read_text(encoding="utf-8"))  # type: ignore[arg-type]
+    tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
     return {
         target.id: node.value
         for block in tree.body
-        if isinstance(block, ast.If) and _is_type_checking(block.test)
+        if isinstance(block, ast.If) and is_type_checking(block.test)
         for node in block.body
         if isinstance(node, ast.Assign)
         for target in node.targets
@@ -426,7 +397,7 @@ def test_trigger_names_the_tables_triggers_for_the_checker_and_at_run_time() -> 
     written = _literal_values(_checker_aliases(states)["Trigger"])
     table = tuple(dict.fromkeys(row.trigger for row in states.TRANSITIONS))
     assert written == table
-    assert states.Trigger is str  # at run time: what a Trigger is, without typing
+    assert states.Trigger is str  # type: ignore[comparison-overlap]  # at run time, no typing
     assert typing.get_type_hints(states.Transition)["trigger"] is str
 
 
